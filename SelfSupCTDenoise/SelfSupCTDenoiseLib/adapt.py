@@ -1,0 +1,106 @@
+"""Algorithm 1 of the paper: student/teacher adaptation on pseudo-CT pairs of the input volume."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import AdaptConfig
+from .progress import CancelToken, PhaseTimer, ProgressCallback
+from .pseudo import PseudoNoiseSource
+
+
+class PatchSampler:
+    """Random, augmented patches of the pool slices and of the matching noise-model outputs.
+
+    pool: (S, 1, H, W) input slices; model_noise: (S, m, H, W) or None. Both get the same crop and
+    the same geometric transform, so a noise field stays aligned with the image it came from.
+    """
+
+    def __init__(self, pool: torch.Tensor, model_noise: Optional[torch.Tensor], patch_size: int,
+                 augment: str, generator: torch.Generator) -> None:
+        self.pool, self.model_noise = pool, model_noise
+        self.patch_size, self.augment, self.generator = patch_size, augment, generator
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.generator))
+
+    def sample(self, batch_size: int):
+        s, _, h, w = self.pool.shape
+        if self.augment == "rescale":
+            # One scale per batch: crop p/scale pixels, resample to p (changes the noise texture).
+            scale = 0.5 * 4.0 ** float(torch.rand(1, generator=self.generator))  # log-uniform in [0.5, 2]
+            crop = max(8, min(round(self.patch_size / scale), h, w))
+        else:
+            crop = min(self.patch_size, h, w)
+        stack = self.pool if self.model_noise is None else torch.cat([self.pool, self.model_noise], dim=1)
+        patches = []
+        for _ in range(batch_size):
+            i, y, x = self._randint(s), self._randint(h - crop + 1), self._randint(w - crop + 1)
+            patch = stack[i, :, y:y + crop, x:x + crop]
+            if self.augment == "rot90flip":
+                patch = torch.rot90(patch, self._randint(4), dims=(-2, -1))
+            if self._randint(2):
+                patch = patch.flip(-1)
+            if self._randint(2):
+                patch = patch.flip(-2)
+            patches.append(patch)
+        batch = torch.stack(patches)
+        if batch.shape[-1] != self.patch_size:
+            batch = F.interpolate(batch, size=(self.patch_size, self.patch_size), mode="bilinear",
+                                  align_corners=False)
+        return batch[:, :1], (batch[:, 1:] if self.model_noise is not None else None)
+
+
+@dataclass
+class AdaptHistory:
+    losses: List[float] = field(default_factory=list)
+    teacher_updates: List[int] = field(default_factory=list)
+    learning_rates: List[float] = field(default_factory=list)
+
+
+def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseSource, config: AdaptConfig,
+          progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+          autocast: bool = False):
+    """Fine-tune a copy of `denoiser` on (Y~ + Z -> Y~) for `config.steps` steps.
+
+    The teacher f_theta makes the targets Y~ = f_theta(X) and, with teacher updates, becomes a copy of
+    the student every `config.period` steps; the result is the teacher (the student when teacher
+    updates are off, the paper's ablation). Returns (model, history). The input model is not modified.
+    """
+    device = next(denoiser.parameters()).device
+    teacher = copy.deepcopy(denoiser).eval().requires_grad_(False)
+    student = copy.deepcopy(denoiser).train().requires_grad_(True)
+    optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
+    history = AdaptHistory()
+    timer = PhaseTimer("adapt", config.steps, progress, cancel)
+    period_losses: List[float] = []
+    for step in range(1, config.steps + 1):
+        x, model_noise = sampler.sample(config.batch_size)
+        x = x.to(device)
+        model_noise = model_noise.to(device) if model_noise is not None else None
+        with torch.no_grad(), torch.autocast(device.type, enabled=autocast):
+            target = teacher(x).float()
+        pseudo_ldct = target + source.draw(model_noise, target.shape, device)
+        with torch.autocast(device.type, enabled=autocast):
+            loss = F.mse_loss(student(pseudo_ldct).float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.losses.append(loss.item())
+        history.learning_rates.append(optimizer.param_groups[0]["lr"])
+        period_losses.append(float(loss))
+        if step % config.period == 0:
+            if config.teacher_update:
+                teacher.load_state_dict(student.state_dict())
+                history.teacher_updates.append(step)
+            scheduler.step(sum(period_losses) / len(period_losses))
+            period_losses = []
+        timer.emit(step, float(loss))
+    result = teacher if config.teacher_update else student
+    return result.eval().requires_grad_(False), history

@@ -1,0 +1,71 @@
+"""Adaptation options shared by the subcommands that denoise (denoise, benchmark, worker).
+
+Every flag defaults to None so that a `--config` JSON file can supply defaults and explicit
+flags win over it; `config_from_args` merges them into one validated AdaptConfig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import AUGMENT, DEVICES, NOISE_LEVEL, PSEUDO_NOISE, AdaptConfig
+from ..errors import InputError
+
+
+def parse_strength(text: str) -> float:
+    from ..quality import STRENGTH_LEVELS
+
+    if text in STRENGTH_LEVELS:
+        return float(STRENGTH_LEVELS[text])
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"strength must be a number in [0, 1] or one of {', '.join(STRENGTH_LEVELS)}") from None
+
+
+def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
+    d = AdaptConfig()
+    group = parser.add_argument_group("adaptation (defaults in brackets)")
+    group.add_argument("--config", type=Path, help="JSON file of parameters; explicit flags override it")
+    group.add_argument("--steps", type=int, help=f"adaptation steps; 0 = pretrained model only [{d.steps}]")
+    group.add_argument("--period", type=int, help=f"teacher update period C in steps [{d.period}]")
+    group.add_argument("--lr", type=float, help=f"learning rate [{d.lr}]")
+    group.add_argument("--batch-size", type=int, help=f"patches per adaptation step [{d.batch_size}]")
+    group.add_argument("--patch-size", type=int, help=f"patch side in pixels [{d.patch_size}]")
+    group.add_argument("--seed", type=int, help=f"random seed; same input + seed on CPU = same output [{d.seed}]")
+    group.add_argument("--pseudo-noise", choices=PSEUDO_NOISE, help=f"pseudo-noise source [{d.pseudo_noise}]")
+    group.add_argument("--noise-level", choices=NOISE_LEVEL,
+                       help=f"pseudo-noise level from the bundle or estimated on the input [{d.noise_level}]")
+    group.add_argument("--augment", choices=AUGMENT, help=f"patch augmentation [{d.augment}]")
+    group.add_argument("--gaussian-sigma", dest="gaussian_sigma_hu", type=float,
+                       help=f"sigma (HU) of --pseudo-noise gaussian [{d.gaussian_sigma_hu}]")
+    group.add_argument("--adapt-slices", type=int, help=f"slices feeding the patch pool [{d.adapt_slices}]")
+    group.add_argument("--no-teacher-update", dest="teacher_update", action="store_const", const=False,
+                       help="never copy the student into the teacher (the paper's ablation)")
+    group.add_argument("--no-guard", dest="guard", action="store_const", const=False,
+                       help="keep the adapted model even when the guard would fall back to the pretrained one")
+    group.add_argument("--device", choices=DEVICES, help=f"auto = CUDA when available [{d.device}]")
+    group.add_argument("--infer-batch", type=int, help=f"slices per inference batch [{d.infer_batch}]")
+    group.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_const", const=False,
+                       help="float32 on CUDA too")
+    group.add_argument("--strength", type=parse_strength,
+                       help="how much of the removed noise to remove: 0..1 or low/medium/high [1.0]")
+
+
+def config_from_args(args: argparse.Namespace) -> AdaptConfig:
+    values = {}
+    if getattr(args, "config", None):
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"Cannot read the parameter file {args.config}: {exc}") from None
+        if not isinstance(values, dict):
+            raise InputError(f"The parameter file {args.config} must hold a JSON object.")
+    for name in AdaptConfig.__dataclass_fields__:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    return AdaptConfig.from_dict(values)

@@ -1,0 +1,143 @@
+"""One denoising run: pseudo-noise, adaptation, guard, slice-wise inference, strength.
+
+`denoise_array` works on arrays (what the Slicer worker and the benchmark call);
+`denoise_file` adds reading, validation and atomic writing (what the CLI calls).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .config import AdaptConfig
+from .errors import InputError
+from .io import PathLike, check_ct_array, check_output_path, image_like, read_volume, write_volume
+from .noise_level import laplacian_mad, soft_tissue_mask
+from .progress import CancelToken, ProgressCallback, ProgressEvent
+from .quality import cast_like_input, strength_blend
+
+#: Slices used by the guard to compare the adapted and the pretrained model.
+GUARD_SLICES = 6
+#: The guard falls back when the adapted model's removed-noise std is further from the estimated
+#: input noise than the pretrained model's by more than this fraction of the estimate.
+GUARD_TOLERANCE = 0.1
+
+
+@dataclass
+class DenoiseResult:
+    denoised: np.ndarray       # float32 HU at the requested strength
+    noise_map: np.ndarray      # float32: input - denoised (what was removed)
+    full_strength: np.ndarray  # float32 HU at strength 1 (to re-blend without adapting again)
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def evenly_spaced(n_total: int, n_pick: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n_total - 1, min(n_total, n_pick)).round().astype(int))
+
+
+def _soft_tissue_std(volume_hu: np.ndarray, removed: np.ndarray) -> float:
+    mask = np.stack([soft_tissue_mask(s) for s in volume_hu])
+    return float(removed[mask].std()) if mask.sum() > 64 else float(removed.std())
+
+
+def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: Bundle,
+                  config: AdaptConfig = AdaptConfig(), progress: Optional[ProgressCallback] = None,
+                  cancel: Optional[CancelToken] = None) -> DenoiseResult:
+    """Denoise a (z, y, x) HU volume; nothing here writes files. See `config.AdaptConfig`."""
+    import torch
+
+    from .adapt import PatchSampler, adapt
+    from .inference import apply_slicewise, describe_device, resolve_device
+    from .pseudo import PseudoNoiseSource
+
+    start = time.perf_counter()
+    check_ct_array(volume_hu)
+    volume = np.asarray(volume_hu, dtype=np.float32)
+    device = resolve_device(config.device)
+    autocast = config.mixed_precision and device.type == "cuda"
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    norm = bundle.normalization
+    pretrained = bundle.build_denoiser(device)
+    model = pretrained
+    info: Dict[str, Any] = {"device": describe_device(device), "adaptation": None}
+
+    def run(net, slices, phase):
+        return apply_slicewise(net, slices, config.infer_batch, phase=phase, to_input=norm.to_model,
+                               from_output=norm.to_hu, autocast=autocast, progress=progress, cancel=cancel)
+
+    calibration = bundle.calibration
+    mad = laplacian_mad(volume[evenly_spaced(len(volume), config.adapt_slices)])
+    estimated_noise = calibration.get("k_laplacian", float("nan")) * mad
+    info["estimated_noise_std_hu"] = estimated_noise
+    if config.steps > 0:
+        pool_index = evenly_spaced(len(volume), config.adapt_slices)
+        pool = torch.from_numpy(norm.to_model(volume[pool_index]))[:, None]
+        source = PseudoNoiseSource(config.pseudo_noise, calibration, norm, bundle.noise_histogram,
+                                   config.gaussian_sigma_hu, generator)
+        model_noise = None
+        if source.needs_models:
+            outputs = [apply_slicewise(n, volume[pool_index], config.infer_batch, phase="noise",
+                                       to_input=norm.to_model, progress=progress, cancel=cancel)
+                       for n in bundle.build_noise_models(device)]
+            model_noise = torch.from_numpy(np.stack(outputs, axis=1))
+        if config.noise_level == "input" and "train_laplacian_mad" in calibration:
+            source.level_factor = mad / calibration["train_laplacian_mad"]
+        sampler = PatchSampler(pool, model_noise, config.patch_size, config.augment, generator)
+        model, history = adapt(pretrained, sampler, source, config, progress, cancel, autocast)
+        info["adaptation"] = {
+            "final_loss": float(np.mean(history.losses[-config.period:])),
+            "teacher_updates": len(history.teacher_updates),
+            "final_lr": history.learning_rates[-1],
+            "level_factor": source.level_factor,
+        }
+        if config.guard and np.isfinite(estimated_noise):
+            guard_index = evenly_spaced(len(volume), GUARD_SLICES)
+            sample = volume[guard_index]
+            removed_pre = _soft_tissue_std(sample, sample - run(pretrained, sample, "infer"))
+            removed_adapted = _soft_tissue_std(sample, sample - run(model, sample, "infer"))
+            fallback = (abs(removed_adapted - estimated_noise)
+                        > abs(removed_pre - estimated_noise) + GUARD_TOLERANCE * estimated_noise)
+            info["guard"] = {"removed_std_pretrained_hu": removed_pre, "removed_std_adapted_hu": removed_adapted,
+                             "estimated_noise_std_hu": estimated_noise, "fell_back": bool(fallback)}
+            if fallback:
+                model = pretrained
+                if progress is not None:
+                    progress(ProgressEvent("adapt", config.steps, config.steps, message=(
+                        "adaptation removed noise unlike the input's estimated noise: "
+                        "using the pretrained model")))
+    full = run(model, volume, "infer")
+    denoised = strength_blend(volume, full, config.strength)
+    info.update(config=config.to_dict(), bundle={"name": bundle.name, "path": str(bundle.path),
+                "sha256": bundle.sha256, "profile": bundle.profile.name},
+                elapsed_s=round(time.perf_counter() - start, 3))
+    return DenoiseResult(denoised, volume - denoised, full, info)
+
+
+def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Optional[PathLike] = None,
+                 bundle_path: Optional[PathLike] = None, config: AdaptConfig = AdaptConfig(),
+                 progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
+    """Read, denoise and write. Validates every path first; writes nothing unless the run completes."""
+    check_output_path(output_path, input_path)
+    if noise_map_path is not None:
+        check_output_path(noise_map_path, input_path, output_path)
+    if progress is not None:
+        progress(ProgressEvent("loading", message=str(input_path)))
+    image = read_volume(input_path)
+    bundle = load_bundle(bundle_path)
+    array = __import__("SimpleITK").GetArrayFromImage(image)
+    result = denoise_array(array, image.GetSpacing(), bundle, config, progress, cancel)
+    if cancel is not None:
+        cancel.raise_if_cancelled()
+    if progress is not None:
+        progress(ProgressEvent("writing", message=str(output_path)))
+    write_volume(image_like(cast_like_input(result.denoised, array.dtype), image), output_path)
+    if noise_map_path is not None:
+        write_volume(image_like(result.noise_map, image), noise_map_path)
+    result.info["input"] = str(input_path)
+    return result.info
