@@ -45,6 +45,15 @@ def _soft_tissue_std(volume_hu: np.ndarray, removed: np.ndarray) -> float:
     return float(removed[mask].std()) if mask.sum() > 64 else float(removed.std())
 
 
+def pseudo_noise_std(sampler, source, norm, patches: int = 64) -> float:
+    """Std (HU) of the source's pseudo-noise over the soft tissue of sampled patches of the input,
+    the region where the input's noise level is estimated."""
+    x, model_noise = sampler.sample(patches)
+    z = source.draw(model_noise, x.shape, x.device).numpy()[:, 0] * norm.scale
+    mask = np.stack([soft_tissue_mask(p) for p in norm.to_hu(x.numpy()[:, 0])])
+    return float(z[mask].std() if mask.sum() > 64 else z.std())
+
+
 def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: Bundle,
                   config: AdaptConfig = AdaptConfig(), progress: Optional[ProgressCallback] = None,
                   cancel: Optional[CancelToken] = None) -> DenoiseResult:
@@ -86,9 +95,11 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
                                        to_input=norm.to_model, progress=progress, cancel=cancel)
                        for n in bundle.build_noise_models(device)]
             model_noise = torch.from_numpy(np.stack(outputs, axis=1))
-        if config.noise_level == "input" and "train_laplacian_mad" in calibration:
-            source.level_factor = mad / calibration["train_laplacian_mad"]
         sampler = PatchSampler(pool, model_noise, config.patch_size, config.augment, generator)
+        if config.pseudo_noise == "spectral":
+            source.fit_spectrum(sampler.sample(128)[1])
+        if config.noise_level == "input" and np.isfinite(estimated_noise):
+            source.level_factor = estimated_noise / pseudo_noise_std(sampler, source, norm)
         model, history = adapt(pretrained, sampler, source, config, progress, cancel, autocast)
         info["adaptation"] = {
             "final_loss": float(np.mean(history.losses[-config.period:])),

@@ -12,7 +12,7 @@ import torch
 
 from .errors import BundleError
 from .normalization import Normalization
-from .spectrum import DEFAULT_BAND_EDGES, shape_noise
+from .spectrum import DEFAULT_BAND_EDGES, band_power, gains_to_match, shape_noise
 
 MODEL_KINDS = ("paper", "scaled", "spectral", "model+hist")
 #: Kinds whose level follows the input's estimated noise when noise_level="input". `paper` stays
@@ -44,6 +44,7 @@ class PseudoNoiseSource:
         self.gaussian_sigma_hu = gaussian_sigma_hu
         self.generator = generator or torch.Generator().manual_seed(0)
         self.level_factor = 1.0
+        self.band_gains = calibration.get("band_gains")
         required = {"scaled": "amplitude", "spectral": "band_gains", "model+hist": "residual_histogram"}
         if kind in required and required[kind] not in calibration:
             raise BundleError(f"This model bundle has no '{required[kind]}' calibration, needed for "
@@ -64,6 +65,13 @@ class PseudoNoiseSource:
         choice = self._rand_index(m, (b, 1, h, w), model_noise.device)
         return torch.gather(model_noise, 1, choice)
 
+    def fit_spectrum(self, model_noise: torch.Tensor) -> None:
+        """Refit the `spectral` gains on this input's own ensemble (B, m, p, p): the noise models'
+        output spectrum depends on the image, the target (the training LDCT - NDCT band powers)
+        does not."""
+        target = torch.as_tensor(self.calibration["band_power_real"])
+        self.band_gains = gains_to_match(target, band_power(self.ensemble(model_noise)))
+
     def draw(self, model_noise: Optional[torch.Tensor], shape, device) -> torch.Tensor:
         """Z for a batch of patches of `shape` (B, 1, p, p)."""
         kind = self.kind
@@ -73,7 +81,7 @@ class PseudoNoiseSource:
                 z = z * float(self.calibration["amplitude"])
             elif kind == "spectral":
                 edges = self.calibration.get("band_edges", DEFAULT_BAND_EDGES)
-                z = shape_noise(z, self.calibration["band_gains"], edges)
+                z = shape_noise(z, self.band_gains, edges)
         elif kind == "model+hist":
             pick = self._rand_index(model_noise.shape[1], (shape[0], 1, 1, 1), model_noise.device)
             z = torch.gather(model_noise, 1, pick.expand(-1, 1, *shape[-2:]))

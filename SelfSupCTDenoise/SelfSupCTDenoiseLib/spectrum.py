@@ -43,13 +43,9 @@ def band_power(patches: torch.Tensor, edges: Sequence[float] = DEFAULT_BAND_EDGE
 
 def band_filter(size: int, gains: Sequence[float], edges: Sequence[float] = DEFAULT_BAND_EDGES,
                 device=None) -> torch.Tensor:
-    """Amplitude filter over the FFT grid, linear between band centres (no steps: no ringing)."""
-    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
-    radius = radial_frequency(size, device).cpu().numpy()
-    import numpy as np
-
-    values = np.interp(radius, centres, list(gains))
-    return torch.as_tensor(values, dtype=torch.float32, device=device)
+    """Amplitude filter over the FFT grid: each coefficient gets its band's gain, so the band
+    powers of the shaped noise are exactly the source's times gain**2."""
+    return torch.as_tensor(list(gains), dtype=torch.float32, device=device)[band_index(size, edges, device)]
 
 
 def shape_noise(noise: torch.Tensor, gains: Sequence[float], edges: Sequence[float] = DEFAULT_BAND_EDGES) -> torch.Tensor:

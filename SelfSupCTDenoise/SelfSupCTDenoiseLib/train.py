@@ -133,7 +133,7 @@ def fit(model: torch.nn.Module, batch_loss: Callable[[torch.nn.Module], torch.Te
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                         "losses": losses, "step": step}, checkpoint)
-        timer.emit(step, float(loss))
+        timer.emit(step, losses[-1])
     return losses
 
 

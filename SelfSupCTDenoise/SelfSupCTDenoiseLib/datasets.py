@@ -1,0 +1,535 @@
+"""Real CT from the package registry, and the paired LDCT/NDCT dataset simulated from it.
+
+Sources are fetched the ordinary way (`pip download` of pinned packages into a cache folder) and
+the few CT files they carry are extracted; nothing is downloaded at import or at denoising time.
+`build_dataset` then writes, per subject, the normal-dose CT (`ndct.nrrd`), low-dose versions made by
+projection-domain noise insertion (`ldct_<tag>.nrrd`, see `lowdose.py`), optionally a "clean
+reference" protocol (`clean.nrrd` = the NDCT denoised by BM3D, and `clean_ldct_<tag>.nrrd` simulated
+from it), and a `manifest.json` with the split, provenance, licences and the measured noise.
+
+Everything here is optional tooling for experiments and the demo sample: astra-toolbox and bm3d
+(the `data` / `bench` extras) are imported only when a dataset is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError, SelfSupCTDenoiseError
+from .lowdose import (DEFAULT_I0_FULL, DEFAULT_SIGMA_E, MU_WATER_PER_MM, REF_SPACING_MM, REF_VIEWS,
+                      DoseSpec, ScanGeometry, i0_for, make_rng, simulate_volume_multi)
+
+#: Low-dose protocols: the training dose, two unseen doses and another reconstruction filter.
+TRAIN_TAG = "d25_hann"
+DEFAULT_TAGS = ("d25_hann", "d12_hann", "d50_hann", "d25_ramlak")
+DEFAULT_MAX_SLICES = 40
+QUICK_MAX_SLICES = 4
+HU_FLOOR = -1024.0  # padding outside the scan circle (-2000, -3024) is set to air
+DEFAULT_OUT = Path("data/sim")
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Sample"
+SAMPLE_FILES = {"ldct": "sample_ldct_d25_hann.nrrd", "ndct": "sample_ndct.nrrd"}
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Package:
+    """A pinned registry package that carries CT files, and how to fetch it."""
+
+    requirement: str            # e.g. "TotalSegmentator==2.18.0"
+    sdist: bool                 # the CT files are only in the source distribution
+    licence: str
+
+
+PACKAGES = {
+    "totalsegmentator": Package("TotalSegmentator==2.18.0", True, "Apache-2.0"),
+    "pydicom-data": Package("pydicom-data==1.0.0", False, "MIT"),
+    "dicompyler-core": Package("dicompyler-core==0.5.6", True, "BSD-3-Clause"),
+}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One real CT subject: where it comes from, what it shows and which split it belongs to.
+
+    Either `package` + `member` (a file inside that package's archive) or `path` (a local file).
+    """
+
+    key: str
+    kind: str                   # "volume" or "slice" (a single native slice)
+    region: str
+    split: str                  # "train" (noise models and denoiser) or "test" (held out)
+    package: Optional[str] = None
+    member: Optional[str] = None
+    path: Optional[str] = None
+    origin: str = ""
+    note: str = ""
+
+    @property
+    def licence(self) -> str:
+        return PACKAGES[self.package].licence if self.package else "local file"
+
+
+#: Distinct subjects found in registry packages (checked by eye and, for the TotalSegmentator files,
+#: by exact voxel matching: its pulmonary_report/ct_cropped.nii.gz is a crop of the aorta_report
+#: volume, the same subject, so it is not used). Three train subjects, as in the paper; the test set
+#: holds the better-resolved volume and native 512 x 512 slices.
+SUBJECTS: Tuple[Subject, ...] = (
+    Subject("ts_abdomen", "volume", "abdomen/pelvis", "train", "totalsegmentator",
+            "tests/reference_files/example_ct.nii.gz",
+            origin="TotalSegmentator test file example_ct.nii.gz (resampled to 3 mm)"),
+    Subject("rt_chest", "slice", "upper chest/shoulders (RT planning, arms up, couch)", "train", "dicompyler-core",
+            "tests/testdata/example_data/ct.0.dcm",
+            origin="dicompyler-core example_data ct.0.dcm (breast-boost RT planning CT)"),
+    Subject("cq500_head", "slice", "head (brain)", "train", "pydicom-data", "data_store/data/693_UNCR.dcm",
+            origin="pydicom-data 693_UNCR.dcm (PatientID CQ500-CT-310: CQ500 head CT, CC BY-NC-SA 4.0)"),
+    Subject("ts_chest", "volume", "chest (CT angiography)", "test", "totalsegmentator",
+            "tests/reference_files/aorta_report/example_ct.nii.gz",
+            origin="TotalSegmentator test file aorta_report/example_ct.nii.gz (resampled to 1.5 mm)"),
+    Subject("pancreas", "slice", "abdomen (pancreas level)", "test", "pydicom-data",
+            "data_store/data/explicit_VR-UN.dcm",
+            origin="pydicom-data explicit_VR-UN.dcm (PatientID PANCREAS_0001: TCIA Pancreas-CT, CC BY 3.0)"),
+    Subject("spine_zoom", "slice", "lower thorax/spine, zoomed 147 mm field of view", "test", "pydicom-data",
+            "data_store/data/bad_sequence.dcm",
+            origin="pydicom-data bad_sequence.dcm (B30s kernel, 0.29 mm pixels)",
+            note="body extends beyond the field of view: rays miss the attenuation outside it, so the "
+                 "inserted noise is lower than a full scan would give"),
+)
+
+
+def default_cache_dir() -> Path:
+    """`$SELFSUPCTDENOISE_CACHE`, else ~/.cache/selfsupctdenoise/sources."""
+    env = os.environ.get("SELFSUPCTDENOISE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "selfsupctdenoise" / "sources"
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching
+
+def _archive_for(package: Package, downloads: Path) -> Optional[Path]:
+    name = package.requirement.split("==")[0].lower().replace("-", "_")
+    version = package.requirement.split("==")[1]
+    for path in downloads.glob("*"):
+        stem = path.name.lower().replace("-", "_")
+        if stem.startswith(f"{name}_{version}") and path.suffix in (".gz", ".whl", ".zip"):
+            return path
+    return None
+
+
+def fetch_package(package: Package, cache_dir: Path, log: Log = _print) -> Path:
+    """The package's archive in `cache_dir/downloads`, fetched with `pip download` if missing."""
+    downloads = cache_dir / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = _archive_for(package, downloads)
+    if archive is not None:
+        return archive
+    kind = ["--no-binary", ":all:"] if package.sdist else ["--only-binary", ":all:"]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, package.requirement,
+               "-d", str(downloads)]
+    log(f"fetching {package.requirement} ({'sdist' if package.sdist else 'wheel'}) into {downloads}")
+    result = subprocess.run(command, capture_output=True, text=True)
+    archive = _archive_for(package, downloads)
+    if result.returncode != 0 or archive is None:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise SelfSupCTDenoiseError(f"Could not download {package.requirement} with pip: {' '.join(tail)}")
+    return archive
+
+
+def _extract_member(archive: Path, member_suffix: str, dest: Path) -> None:
+    """Copy the one archive member whose path ends with `member_suffix` to `dest` (no extractall)."""
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if n.endswith(member_suffix)]
+            if names:
+                with zf.open(names[0]) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                return
+    else:
+        with tarfile.open(archive) as tf:
+            for info in tf:
+                if info.isfile() and info.name.endswith(member_suffix):
+                    with tf.extractfile(info) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    return
+    raise SelfSupCTDenoiseError(f"{archive.name} has no member {member_suffix}")
+
+
+def fetch_subject(subject: Subject, cache_dir: Optional[Path] = None, log: Log = _print) -> Path:
+    """Local path of the subject's CT file, downloading and extracting it on first use."""
+    if subject.path:
+        return Path(subject.path)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    dest_dir = cache_dir / "files" / subject.key
+    dest = dest_dir / Path(subject.member).name
+    if dest.exists():
+        return dest
+    archive = fetch_package(PACKAGES[subject.package], cache_dir, log)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    temp = dest.with_name(dest.name + ".part")
+    _extract_member(archive, subject.member, temp)
+    os.replace(temp, dest)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and preparing the NDCT
+
+def load_ndct(path: Path):
+    """Read a CT file as a float32 SimpleITK image in HU (padding below -1024 HU set to -1024).
+
+    A single DICOM slice gets its slice thickness as z spacing when the header has one.
+    """
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    array = np.maximum(sitk.GetArrayFromImage(image).astype(np.float32), HU_FLOOR)
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    if str(path).lower().endswith(".dcm") and array.shape[0] == 1:
+        try:
+            import pydicom
+
+            thickness = float(pydicom.dcmread(str(path), stop_before_pixels=True).get("SliceThickness") or 0)
+        except Exception:  # the header is informative only
+            thickness = 0.0
+        if thickness > 0:
+            sx, sy, _ = out.GetSpacing()
+            out.SetSpacing((sx, sy, thickness))
+    return out
+
+
+def body_area(volume_hu: np.ndarray) -> np.ndarray:
+    """Pixels above -500 HU per slice: a cheap measure of how much body a slice holds."""
+    return (np.asarray(volume_hu) > -500).sum(axis=(1, 2))
+
+
+def select_slices(image, max_slices: int):
+    """The `max_slices` contiguous slices holding the most body (geometry kept by SimpleITK)."""
+    import SimpleITK as sitk
+
+    nz = image.GetSize()[2]
+    if nz <= max_slices:
+        return image
+    area = body_area(sitk.GetArrayViewFromImage(image)).astype(np.float64)
+    window = np.convolve(area, np.ones(max_slices), mode="valid")
+    start = int(np.argmax(window))
+    return image[:, :, start:start + max_slices]
+
+
+def downsample2(image):
+    """2x in-plane block average (quick mode): geometry kept, spacing doubled."""
+    import SimpleITK as sitk
+
+    return sitk.BinShrink(image, [2, 2, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+def inserted_noise_stats(ldct: np.ndarray, ndct: np.ndarray) -> Dict[str, float]:
+    """Std and mean of LDCT - NDCT in soft tissue (HU), and its lag-1 autocorrelation in the body."""
+    from .noise_level import soft_tissue_mask
+    from .nps import lag1_autocorrelation
+
+    noise = np.asarray(ldct, np.float64) - np.asarray(ndct, np.float64)
+    mask = np.stack([soft_tissue_mask(s) for s in np.asarray(ndct, np.float32)])
+    body = np.asarray(ndct) > -500
+    values = noise[mask] if mask.sum() > 100 else noise[body]
+    return {"noise_std_hu": float(values.std()), "mean_shift_hu": float(values.mean()),
+            "lag1_autocorr": lag1_autocorrelation(noise, body)}
+
+
+def uniform_region_std(volume_hu: np.ndarray, spacing_xyz: Sequence[float], n: int = 5) -> Optional[float]:
+    """Mean SD (HU) in the `n` flattest 15 mm soft-tissue boxes (the image's own noise)."""
+    from .quality import find_uniform_regions, region_stats
+
+    boxes = find_uniform_regions(np.asarray(volume_hu, np.float32), spacing_xyz, n=n)
+    if not boxes:
+        return None
+    return float(np.mean([region_stats(np.asarray(volume_hu, np.float32), b)["sd"] for b in boxes]))
+
+
+def noise_nps_summary(noise: np.ndarray, body: np.ndarray, spacing_yx: Sequence[float],
+                      roi: int = 64) -> Dict[str, object]:
+    """Radial NPS of a noise-only image in mm^-1 and cycles/pixel, with its peak and band fractions."""
+    from .nps import band_fractions, mean_frequency, peak_frequency, radial_nps
+
+    roi = min(roi, noise.shape[-1] // 2, noise.shape[-2] // 2)
+    from .nps import extract_rois
+
+    try:
+        rois = extract_rois(noise, roi, body, stride=roi // 2)
+    except ValueError:
+        rois = extract_rois(noise, roi, None, stride=roi // 2)
+    f_mm, nps_mm = radial_nps(rois, spacing_yx)
+    f_px, nps_px = radial_nps(rois, (1.0, 1.0))
+    edges = [0.0, 0.125, 0.25, 0.375, 0.5]
+    return {"roi": roi, "n_rois": int(len(rois)), "variance_hu2": float(rois.var()),
+            "freq_mm": f_mm.tolist(), "nps_mm": nps_mm.tolist(), "freq_px": f_px.tolist(), "nps_px": nps_px.tolist(),
+            "peak_mm": peak_frequency(nps_mm, f_mm), "peak_px": peak_frequency(nps_px, f_px),
+            "mean_freq_px": mean_frequency(nps_px, f_px),
+            "band_edges_px": edges, "band_fractions_px": band_fractions(nps_px, f_px, edges).tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+def _write(array: np.ndarray, reference, path: Path) -> None:
+    """int16 HU (rounded, like scanner output), gzip NRRD, reference geometry, atomic."""
+    import SimpleITK as sitk
+
+    from .io import write_volume
+
+    image = sitk.GetImageFromArray(np.clip(np.rint(array), -32768, 32767).astype(np.int16))
+    image.CopyInformation(reference)
+    write_volume(image, path, compress=True)
+
+
+def clean_reference(ndct: np.ndarray, sigma_hu: float) -> np.ndarray:
+    """The NDCT strongly denoised slice by slice with BM3D (white-noise model at `sigma_hu`)."""
+    import bm3d
+
+    out = np.empty_like(ndct, dtype=np.float32)
+    for z, s in enumerate(np.asarray(ndct, np.float32)):
+        out[z] = bm3d.bm3d(s, sigma_psd=float(sigma_hu))
+    return out
+
+
+@dataclass
+class BuildOptions:
+    out_dir: Path = DEFAULT_OUT
+    cache_dir: Optional[Path] = None
+    quick: bool = False
+    seed: int = 0
+    tags: Sequence[str] = DEFAULT_TAGS
+    max_slices: Optional[int] = None         # default: 40, or 4 with quick
+    clean_protocol: bool = True
+    clean_sigma_factor: float = 2.0          # BM3D sigma = factor x the NDCT's uniform-region SD
+    i0_full: float = DEFAULT_I0_FULL
+    sigma_e: float = DEFAULT_SIGMA_E
+    subjects: Sequence[Subject] = field(default_factory=lambda: SUBJECTS)
+
+
+def build_subject(subject: Subject, opts: BuildOptions, log: Log = _print) -> Dict[str, object]:
+    """Write one subject's files under opts.out_dir/<key>/ and return its manifest entry."""
+    import SimpleITK as sitk
+
+    start = time.perf_counter()
+    source = fetch_subject(subject, opts.cache_dir, log)
+    image = load_ndct(source)
+    original = {"size_xyz": list(image.GetSize()), "spacing_xyz": [round(s, 6) for s in image.GetSpacing()]}
+    max_slices = opts.max_slices or (QUICK_MAX_SLICES if opts.quick else DEFAULT_MAX_SLICES)
+    image = select_slices(image, max_slices)
+    if opts.quick and max(image.GetSize()[:2]) > 256:
+        image = downsample2(image)
+    ndct = sitk.GetArrayFromImage(image).astype(np.float32)
+    spacing = image.GetSpacing()
+    specs = [DoseSpec.from_tag(t) for t in opts.tags]
+    geometry = ScanGeometry.for_grid(ndct.shape[1:], (spacing[1], spacing[0]))
+    folder = Path(opts.out_dir) / subject.key
+    folder.mkdir(parents=True, exist_ok=True)
+
+    _write(ndct, image, folder / "ndct.nrrd")
+    ldct = simulate_volume_multi(ndct, spacing, specs, make_rng(opts.seed, subject.key, "ndct").integers(2**31),
+                                 opts.i0_full, opts.sigma_e)
+    ndct_sd = uniform_region_std(ndct, spacing)
+    body = ndct > -500
+    tags: Dict[str, object] = {}
+    for spec in specs:
+        _write(ldct[spec.tag], image, folder / f"ldct_{spec.tag}.nrrd")
+        stats = inserted_noise_stats(ldct[spec.tag], ndct)
+        nps = noise_nps_summary(ldct[spec.tag] - ndct, body, (spacing[1], spacing[0]))
+        tags[spec.tag] = {"dose": spec.dose, "filter": spec.filter, "file": f"ldct_{spec.tag}.nrrd",
+                          "i0_inserted": round(i0_for(spec, geometry, opts.i0_full), 1), **stats,
+                          "ldct_uniform_sd_hu": uniform_region_std(ldct[spec.tag], spacing),
+                          "nps_peak_mm": nps["peak_mm"], "nps_peak_px": nps["peak_px"],
+                          "nps_band_fractions_px": nps["band_fractions_px"]}
+    entry: Dict[str, object] = {
+        "key": subject.key, "split": subject.split, "kind": subject.kind, "region": subject.region,
+        "source": f"{PACKAGES[subject.package].requirement}: {subject.member}" if subject.package else subject.path,
+        "origin": subject.origin, "licence": subject.licence, "note": subject.note, "original": original,
+        "size_xyz": list(image.GetSize()), "spacing_xyz": [round(s, 6) for s in spacing],
+        "geometry": {"views": geometry.views, "detectors": geometry.detectors,
+                     "detector_spacing_mm": round(geometry.detector_spacing, 6)},
+        "ndct": "ndct.nrrd", "ndct_uniform_sd_hu": ndct_sd, "tags": tags,
+    }
+    if opts.clean_protocol:
+        sigma = opts.clean_sigma_factor * (ndct_sd or 10.0)
+        clean = clean_reference(ndct, sigma)
+        _write(clean, image, folder / "clean.nrrd")
+        clean_ldct = simulate_volume_multi(clean, spacing, specs,
+                                           make_rng(opts.seed, subject.key, "clean").integers(2**31),
+                                           opts.i0_full, opts.sigma_e)
+        clean_tags = {}
+        for spec in specs:
+            _write(clean_ldct[spec.tag], image, folder / f"clean_ldct_{spec.tag}.nrrd")
+            clean_tags[spec.tag] = {"file": f"clean_ldct_{spec.tag}.nrrd",
+                                    **inserted_noise_stats(clean_ldct[spec.tag], clean)}
+        entry["clean"] = {"file": "clean.nrrd", "method": "bm3d (white-noise model, slice by slice)",
+                          "bm3d_sigma_hu": round(sigma, 2), "uniform_sd_hu": uniform_region_std(clean, spacing),
+                          "removed_std_hu": float(np.std((ndct - clean)[body])) if body.any() else None,
+                          "tags": clean_tags}
+    entry["seconds"] = round(time.perf_counter() - start, 1)
+    return entry
+
+
+def build_dataset(opts: BuildOptions, log: Log = _print) -> Dict[str, object]:
+    """Build every subject and write `manifest.json`; returns the manifest."""
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for tag in opts.tags:
+        DoseSpec.from_tag(tag)  # fail before any work on a bad tag
+    start = time.perf_counter()
+    subjects = []
+    for i, subject in enumerate(opts.subjects, 1):
+        log(f"[{i}/{len(opts.subjects)}] {subject.key} ({subject.split}, {subject.region})")
+        subjects.append(build_subject(subject, opts, log))
+    manifest = {
+        "format": 1,
+        "description": "Paired LDCT/NDCT by projection-domain noise insertion into real CT (see docs/DATA.md)",
+        "quick": opts.quick, "seed": opts.seed, "train_tag": TRAIN_TAG, "tags": list(opts.tags),
+        "simulation": {"mu_water_per_mm": MU_WATER_PER_MM, "i0_full": opts.i0_full, "sigma_e_counts": opts.sigma_e,
+                       "reference_geometry": {"views": REF_VIEWS, "detector_spacing_mm": REF_SPACING_MM},
+                       "grid_equivalent": True, "beam": "parallel (astra CPU FBP is parallel-only)",
+                       "i0_inserted": "i0_full * dose / (1 - dose) * (ref_views / views) * (ref_spacing / spacing)^2"},
+        "clean_protocol": opts.clean_protocol,
+        "splits": {s: [e["key"] for e in subjects if e["split"] == s] for s in ("train", "test")},
+        "subjects": subjects,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    tmp = out_dir / ".manifest.json.part"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out_dir / "manifest.json")
+    return manifest
+
+
+def load_manifest(dataset_dir: Path = DEFAULT_OUT) -> Dict[str, object]:
+    path = Path(dataset_dir) / "manifest.json"
+    if not path.exists():
+        raise InputError(f"No dataset at {dataset_dir} (missing manifest.json): run `selfsupctdenoise simulate`.")
+    return json.loads(path.read_text())
+
+
+def subject_paths(dataset_dir: Path, key: str, tag: str = TRAIN_TAG, clean: bool = False) -> Tuple[Path, Path]:
+    """(LDCT, reference) paths of one subject: (ldct_<tag>, ndct) or, with `clean`, (clean_ldct_<tag>, clean)."""
+    folder = Path(dataset_dir) / key
+    if clean:
+        return folder / f"clean_ldct_{tag}.nrrd", folder / "clean.nrrd"
+    return folder / f"ldct_{tag}.nrrd", folder / "ndct.nrrd"
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary, NPS figure and demo sample
+
+def summary_table(manifest: Dict[str, object]) -> str:
+    tags = manifest["tags"]
+    head = f"{'subject':<12} {'split':<5} {'kind':<6} {'grid (x y z)':<14} {'mm':>5} {'NDCT sd':>7} " + \
+        " ".join(f"{t:>10}" for t in tags) + f" {'lag1':>5} {'s':>6}"
+    lines = [head, "-" * len(head)]
+    for e in manifest["subjects"]:
+        grid = "x".join(str(v) for v in e["size_xyz"])
+        sd = e["ndct_uniform_sd_hu"]
+        cells = " ".join(f"{e['tags'][t]['noise_std_hu']:10.1f}" for t in tags)
+        lag1 = e["tags"][tags[0]]["lag1_autocorr"]
+        lines.append(f"{e['key']:<12} {e['split']:<5} {e['kind']:<6} {grid:<14} {e['spacing_xyz'][0]:5.2f} "
+                     f"{(sd if sd is not None else float('nan')):7.1f} {cells} {lag1:5.2f} {e['seconds']:6.1f}")
+    lines.append("noise columns: std of LDCT - NDCT in soft tissue (HU); NDCT sd: its own SD in the 5 flattest "
+                 "15 mm soft-tissue boxes")
+    return "\n".join(lines)
+
+
+def write_nps_plot(dataset_dir: Path, png: Path, key: str = "pancreas",
+                   tags: Sequence[str] = ("d25_hann", "d25_ramlak")) -> Dict[str, object]:
+    """Radial NPS of the inserted noise of one subject vs white noise of the same variance (PNG).
+
+    Returns the numbers plotted (peak frequency, band fractions, lag-1 autocorrelation per tag).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import SimpleITK as sitk
+
+    ndct_img = sitk.ReadImage(str(Path(dataset_dir) / key / "ndct.nrrd"))
+    ndct = sitk.GetArrayFromImage(ndct_img).astype(np.float32)
+    sx, sy = ndct_img.GetSpacing()[:2]
+    body = ndct > -500
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    numbers = {}
+    for tag in tags:
+        ldct = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(dataset_dir) / key / f"ldct_{tag}.nrrd")))
+        noise = ldct.astype(np.float32) - ndct
+        s = noise_nps_summary(noise, body, (sy, sx))
+        from .nps import lag1_autocorrelation
+
+        white_level = s["variance_hu2"] * sx * sy  # flat NPS of white noise with the same variance
+        line = axes[0].plot(s["freq_mm"], s["nps_mm"], label=f"{tag} (std {np.sqrt(s['variance_hu2']):.0f} HU)")[0]
+        axes[0].axhline(white_level, ls="--", color=line.get_color(), lw=1, label=f"white, same variance")
+        axes[1].plot(s["freq_px"], np.asarray(s["nps_px"]) / s["variance_hu2"], color=line.get_color(), label=tag)
+        numbers[tag] = {"std_hu": float(np.sqrt(s["variance_hu2"])), "peak_mm": s["peak_mm"],
+                        "peak_px": s["peak_px"], "mean_freq_px": s["mean_freq_px"],
+                        "band_edges_px": s["band_edges_px"], "band_fractions_px": s["band_fractions_px"],
+                        "lag1_autocorr": lag1_autocorrelation(noise, body), "roi": s["roi"], "n_rois": s["n_rois"]}
+    axes[1].axhline(1.0, ls="--", color="k", lw=1, label="white noise")
+    axes[0].set(xlabel="spatial frequency (mm$^{-1}$)", ylabel="NPS (HU$^2$ mm$^2$)",
+                title=f"Inserted noise, {key} ({sx:.2f} mm pixels)")
+    axes[1].set(xlabel="spatial frequency (cycles/pixel)", ylabel="NPS / variance (pixel$^2$)",
+                title="Same, spacing-free")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return numbers
+
+
+def write_sample(dataset_dir: Path, dest: Path = SAMPLE_DIR, key: str = "ts_chest", tag: str = TRAIN_TAG,
+                 max_slices: int = 32) -> Dict[str, Path]:
+    """Copy one held-out subject's LDCT (training dose) and NDCT as gzip int16 NRRD into `dest`."""
+    import SimpleITK as sitk
+
+    from .io import write_volume
+
+    ldct_path, ndct_path = subject_paths(dataset_dir, key, tag)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for role, path in (("ldct", ldct_path), ("ndct", ndct_path)):
+        image = sitk.ReadImage(str(path))
+        nz = image.GetSize()[2]
+        if nz > max_slices:
+            start = (nz - max_slices) // 2
+            image = image[:, :, start:start + max_slices]
+        target = dest / SAMPLE_FILES[role]
+        write_volume(sitk.Cast(image, sitk.sitkInt16), target, compress=True)
+        written[role] = target
+    return written
+
+
+def sample_paths() -> Dict[str, Path]:
+    """Paths of the shipped demo sample: {'ldct': quarter-dose LDCT, 'ndct': its normal-dose CT}."""
+    paths = {role: SAMPLE_DIR / name for role, name in SAMPLE_FILES.items()}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise InputError(f"Demo sample missing: {', '.join(missing)}")
+    return paths

@@ -1,0 +1,90 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from SelfSupCTDenoiseLib.bundle import load_bundle
+from SelfSupCTDenoiseLib.errors import BundleError
+
+
+def copy_bundle(bundle, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(bundle.path, target)
+    return target
+
+
+def test_bundle_records_profile_checksums_calibration_and_provenance(tiny_bundle):
+    manifest = tiny_bundle.manifest
+    assert manifest["profile"]["name"] == "tiny"
+    assert len(manifest["files"]["noise_models"]) == 3
+    assert all(len(e["sha256"]) == 64 for e in [manifest["files"]["denoiser"], *manifest["files"]["noise_models"]])
+    assert manifest["normalization"] == {"offset": -1024.0, "scale": 1000.0}
+    cal = tiny_bundle.calibration
+    assert cal["amplitude"] > 0 and len(cal["band_gains"]) == len(cal["band_edges"]) - 1
+    assert 20 < cal["noise_std_soft_tissue_hu"] < 40  # the synthetic pairs carry 30 HU
+    assert manifest["training"]["config"]["profile"] == "tiny"
+    assert (tiny_bundle.path / "loss_curves.json").exists()
+    assert not any(p.name.endswith(".checkpoints") for p in tiny_bundle.path.parent.iterdir())
+
+
+def test_loaded_networks_reproduce_saved_weights(tiny_bundle):
+    model = tiny_bundle.build_denoiser()
+    state = torch.load(tiny_bundle.path / "denoiser.pt", weights_only=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_corrupt_weight_file_is_refused_by_checksum(tiny_bundle, tmp_path):
+    path = copy_bundle(tiny_bundle, tmp_path)
+    with open(path / "noise_model_1.pt", "r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(BundleError, match="checksum mismatch for noise_model_1.pt"):
+        load_bundle(path)
+
+
+def test_missing_file_manifest_and_folder_are_clear_errors(tiny_bundle, tmp_path):
+    path = copy_bundle(tiny_bundle, tmp_path)
+    (path / "denoiser.pt").unlink()
+    with pytest.raises(BundleError, match="denoiser.pt is missing"):
+        load_bundle(path)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="manifest.json is corrupt"):
+        load_bundle(path)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_weights_of_another_profile_are_refused(tiny_bundle, tmp_path):
+    path = copy_bundle(tiny_bundle, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["profile"]["redcnn_channels"] = 16  # claims a bigger network than the weights hold
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="does not match"):
+        load_bundle(path).build_denoiser()
+
+
+def test_pretraining_resumes_from_checkpoints(tmp_path):
+    from conftest import synthetic_subjects
+    from SelfSupCTDenoiseLib.errors import Cancelled
+    from SelfSupCTDenoiseLib.progress import CancelToken
+    from SelfSupCTDenoiseLib.train import PretrainConfig, pretrain
+
+    config = PretrainConfig(profile="tiny", denoiser_steps=40, noise_model_steps=10, batch_size=4,
+                            patch_size=32, checkpoint_every=10, calibration_patches=16)
+    subjects = synthetic_subjects(n=1, slices=2)
+    token, seen = CancelToken(), []
+
+    def stop_at_25(event):
+        seen.append(event.step)
+        if event.phase == "pretrain denoiser" and event.step == 25:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        pretrain(subjects, tmp_path / "b", config, stop_at_25, token)
+    assert not (tmp_path / "b").exists()
+    resumed = []
+    bundle = pretrain(subjects, tmp_path / "b", config, lambda e: resumed.append((e.phase, e.step)))
+    first_denoiser_steps = [s for p, s in resumed if p == "pretrain denoiser" and s > 0]
+    assert first_denoiser_steps[0] == 21  # continued after the checkpoint at step 20
+    assert len(json.loads((bundle.path / "loss_curves.json").read_text())["denoiser"]) == 40
