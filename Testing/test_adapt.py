@@ -48,7 +48,7 @@ def test_adaptation_is_deterministic_on_cpu_and_leaves_the_input_model_alone(tin
     assert all(torch.equal(base.state_dict()[k], v) for k, v in before.items())
 
 
-@pytest.mark.parametrize("kind", ["paper", "scaled", "spectral", "gaussian", "hist", "model+hist"])
+@pytest.mark.parametrize("kind", ["paper", "scaled", "spectral", "synthetic", "gaussian", "hist", "model+hist"])
 def test_every_pseudo_noise_kind_draws_zero_mean_noise_of_plausible_level(tiny_bundle, kind):
     config = AdaptConfig(pseudo_noise=kind, patch_size=32, gaussian_sigma_hu=25.0)
     sampler, source = make_setup(tiny_bundle, config)

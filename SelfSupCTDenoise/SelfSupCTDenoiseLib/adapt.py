@@ -94,13 +94,13 @@ def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseS
         optimizer.step()
         history.losses.append(loss.item())
         history.learning_rates.append(optimizer.param_groups[0]["lr"])
-        period_losses.append(float(loss))
+        period_losses.append(history.losses[-1])
         if step % config.period == 0:
             if config.teacher_update:
                 teacher.load_state_dict(student.state_dict())
                 history.teacher_updates.append(step)
             scheduler.step(sum(period_losses) / len(period_losses))
             period_losses = []
-        timer.emit(step, float(loss))
+        timer.emit(step, history.losses[-1])
     result = teacher if config.teacher_update else student
     return result.eval().requires_grad_(False), history

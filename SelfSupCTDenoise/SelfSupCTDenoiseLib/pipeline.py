@@ -81,6 +81,8 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
                                from_output=norm.to_hu, autocast=autocast, progress=progress, cancel=cancel)
 
     calibration = bundle.calibration
+    if progress is not None:
+        progress(ProgressEvent("noise", message="estimating the input's noise level"))
     mad = laplacian_mad(volume[evenly_spaced(len(volume), config.adapt_slices)])
     estimated_noise = calibration.get("k_laplacian", float("nan")) * mad
     info["estimated_noise_std_hu"] = estimated_noise

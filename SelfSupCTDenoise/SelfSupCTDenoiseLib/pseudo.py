@@ -17,7 +17,7 @@ from .spectrum import DEFAULT_BAND_EDGES, band_power, gains_to_match, shape_nois
 MODEL_KINDS = ("paper", "scaled", "spectral", "model+hist")
 #: Kinds whose level follows the input's estimated noise when noise_level="input". `paper` stays
 #: as written and `gaussian` has an explicit sigma.
-LEVELLED_KINDS = ("scaled", "spectral", "hist", "model+hist")
+LEVELLED_KINDS = ("scaled", "spectral", "synthetic", "hist", "model+hist")
 
 
 def sample_histogram(hist: Dict[str, Any], shape, generator: torch.Generator, device) -> torch.Tensor:
@@ -45,7 +45,8 @@ class PseudoNoiseSource:
         self.generator = generator or torch.Generator().manual_seed(0)
         self.level_factor = 1.0
         self.band_gains = calibration.get("band_gains")
-        required = {"scaled": "amplitude", "spectral": "band_gains", "model+hist": "residual_histogram"}
+        required = {"scaled": "amplitude", "spectral": "band_power_real", "synthetic": "band_power_real",
+                    "model+hist": "residual_histogram"}
         if kind in required and required[kind] not in calibration:
             raise BundleError(f"This model bundle has no '{required[kind]}' calibration, needed for "
                               f"pseudo-noise '{kind}'. Use pseudo-noise 'paper' or re-create the bundle.")
@@ -87,6 +88,10 @@ class PseudoNoiseSource:
             z = torch.gather(model_noise, 1, pick.expand(-1, 1, *shape[-2:]))
             residual = sample_histogram(self.calibration["residual_histogram"], shape, self.generator, device)
             z = z + self.normalization.noise_to_model(residual)
+        elif kind == "synthetic":
+            white = torch.randn(shape, generator=self.generator).to(device)
+            z = shape_noise(white, torch.as_tensor(self.calibration["band_power_real"]).sqrt().tolist(),
+                            self.calibration.get("band_edges", DEFAULT_BAND_EDGES))
         elif kind == "hist":
             z = self.normalization.noise_to_model(sample_histogram(self.noise_histogram, shape, self.generator, device))
         elif kind == "gaussian":
