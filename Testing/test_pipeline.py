@@ -25,7 +25,7 @@ def test_adaptation_beats_the_pretrained_model_at_an_unseen_dose(tiny_bundle, un
     before, after, start = psnr(pretrained.denoised, ndct), psnr(adapted.denoised, ndct), psnr(ldct, ndct)
     assert before > start + 1.0
     assert after > before + 0.5, (start, before, after)
-    assert not adapted.info["guard"]["fell_back"]
+    assert not adapted.info["run"]["guard"]["fell_back"]
     # the removed noise is the input's noise: std close to the true 50 HU and far below at steps=0
     noise_sd = np.std(adapted.noise_map[ndct == 40.0])
     assert np.std(pretrained.noise_map[ndct == 40.0]) < noise_sd < 55.0
@@ -34,7 +34,7 @@ def test_adaptation_beats_the_pretrained_model_at_an_unseen_dose(tiny_bundle, un
 def test_noise_level_of_the_input_is_estimated_without_a_reference(tiny_bundle, unseen_dose):
     ldct, _ = unseen_dose
     info = denoise_array(ldct, (1, 1, 1), tiny_bundle, AdaptConfig(steps=0, **FAST)).info
-    assert info["estimated_noise_std_hu"] == pytest.approx(50.0, rel=0.15)
+    assert info["run"]["estimated_noise_std_hu"] == pytest.approx(50.0, rel=0.15)
 
 
 def test_outputs_keep_shape_and_noise_map_is_what_was_removed(tiny_bundle, unseen_dose):
@@ -63,7 +63,7 @@ def test_guard_falls_back_when_the_pseudo_noise_is_far_too_weak(tiny_bundle, uns
     config = AdaptConfig(steps=60, pseudo_noise="gaussian", gaussian_sigma_hu=2.0, **{**FAST, "lr": 1e-3})
     guarded = denoise_array(ldct, (1, 1, 1), tiny_bundle, config)
     pretrained = denoise_array(ldct, (1, 1, 1), tiny_bundle, config.with_(steps=0))
-    assert guarded.info["guard"]["fell_back"]
+    assert guarded.info["run"]["guard"]["fell_back"]
     np.testing.assert_array_equal(guarded.denoised, pretrained.denoised)
 
 

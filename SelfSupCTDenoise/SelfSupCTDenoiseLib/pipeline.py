@@ -19,6 +19,7 @@ from .errors import InputError
 from .io import PathLike, check_ct_array, check_output_path, image_like, read_volume, write_volume
 from .noise_level import laplacian_mad, soft_tissue_mask
 from .progress import CancelToken, ProgressCallback, ProgressEvent
+from .provenance import build_provenance, set_image_fields, write_sidecar
 from .quality import cast_like_input, strength_blend
 
 #: Slices used by the guard to compare the adapted and the pretrained model.
@@ -33,7 +34,7 @@ class DenoiseResult:
     denoised: np.ndarray       # float32 HU at the requested strength
     noise_map: np.ndarray      # float32: input - denoised (what was removed)
     full_strength: np.ndarray  # float32 HU at strength 1 (to re-blend without adapting again)
-    info: Dict[str, Any] = field(default_factory=dict)
+    info: Dict[str, Any] = field(default_factory=dict)  # provenance record (provenance.py); run details in info["run"]
 
 
 def evenly_spaced(n_total: int, n_pick: int) -> np.ndarray:
@@ -74,7 +75,7 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
     norm = bundle.normalization
     pretrained = bundle.build_denoiser(device)
     model = pretrained
-    info: Dict[str, Any] = {"device": describe_device(device), "adaptation": None}
+    run_info: Dict[str, Any] = {"adaptation": None, "guard": None}
 
     def run(net, slices, phase):
         return apply_slicewise(net, slices, config.infer_batch, phase=phase, to_input=norm.to_model,
@@ -85,7 +86,7 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
         progress(ProgressEvent("noise", message="estimating the input's noise level"))
     mad = laplacian_mad(volume[evenly_spaced(len(volume), config.adapt_slices)])
     estimated_noise = calibration.get("k_laplacian", float("nan")) * mad
-    info["estimated_noise_std_hu"] = estimated_noise
+    run_info["estimated_noise_std_hu"] = estimated_noise
     if config.steps > 0:
         pool_index = evenly_spaced(len(volume), config.adapt_slices)
         pool = torch.from_numpy(norm.to_model(volume[pool_index]))[:, None]
@@ -103,7 +104,7 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
         if config.noise_level == "input" and np.isfinite(estimated_noise):
             source.level_factor = estimated_noise / pseudo_noise_std(sampler, source, norm)
         model, history = adapt(pretrained, sampler, source, config, progress, cancel, autocast)
-        info["adaptation"] = {
+        run_info["adaptation"] = {
             "final_loss": float(np.mean(history.losses[-config.period:])),
             "teacher_updates": len(history.teacher_updates),
             "final_lr": history.learning_rates[-1],
@@ -116,7 +117,7 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
             removed_adapted = _soft_tissue_std(sample, sample - run(model, sample, "infer"))
             fallback = (abs(removed_adapted - estimated_noise)
                         > abs(removed_pre - estimated_noise) + GUARD_TOLERANCE * estimated_noise)
-            info["guard"] = {"removed_std_pretrained_hu": removed_pre, "removed_std_adapted_hu": removed_adapted,
+            run_info["guard"] = {"removed_std_pretrained_hu": removed_pre, "removed_std_adapted_hu": removed_adapted,
                              "estimated_noise_std_hu": estimated_noise, "fell_back": bool(fallback)}
             if fallback:
                 model = pretrained
@@ -126,9 +127,8 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
                         "using the pretrained model")))
     full = run(model, volume, "infer")
     denoised = strength_blend(volume, full, config.strength)
-    info.update(config=config.to_dict(), bundle={"name": bundle.name, "path": str(bundle.path),
-                "sha256": bundle.sha256, "profile": bundle.profile.name},
-                elapsed_s=round(time.perf_counter() - start, 3))
+    info = build_provenance(parameters=config, bundle=bundle, device=describe_device(device),
+                            elapsed_s=time.perf_counter() - start, run=run_info)
     return DenoiseResult(denoised, volume - denoised, full, info)
 
 
@@ -149,8 +149,15 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
         cancel.raise_if_cancelled()
     if progress is not None:
         progress(ProgressEvent("writing", message=str(output_path)))
-    write_volume(image_like(cast_like_input(result.denoised, array.dtype), image), output_path)
+    denoised = cast_like_input(result.denoised, array.dtype)
+    info = {**result.info, "input": Path(input_path).name}
+    output_image = image_like(denoised, image)
+    set_image_fields(output_image, info)
+    write_volume(output_image, output_path)
     if noise_map_path is not None:
-        write_volume(image_like(result.noise_map, image), noise_map_path)
-    result.info["input"] = str(input_path)
-    return result.info
+        # what was removed from the input as written (integer outputs are rounded)
+        noise_image = image_like(array.astype(np.float32) - denoised.astype(np.float32), image)
+        set_image_fields(noise_image, {**info, "output": "noise map (input - denoised)"})
+        write_volume(noise_image, noise_map_path)
+    write_sidecar(output_path, info)  # written last: marks the output complete (batch resume)
+    return info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import List, Tuple
 
 from ..errors import Cancelled, SelfSupCTDenoiseError
 from ..io import VOLUME_SUFFIXES, _suffix
+from ..provenance import sidecar_path
 from .options import add_adapt_arguments, config_from_args
 
 HELP = "denoise a CT volume (NRRD, NIfTI, MHA or a DICOM series folder), or a batch of them"
@@ -61,10 +61,6 @@ def _stem(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
 
 
-def sidecar_path(output: Path) -> Path:
-    return output.with_name(output.name + ".json")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..console import TqdmProgress
     from ..inference import resolve_device
@@ -98,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         finally:
             progress.close()
-        sidecar_path(target).write_text(json.dumps(info, indent=1, default=str))
-        guard = info.get("guard") or {}
+        guard = info["run"].get("guard") or {}
         note = "guard: used the pretrained model" if guard.get("fell_back") else ""
         results.append((source, f"ok in {time.perf_counter() - started:.1f} s", note))
         if not batch:
