@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name and exc.name.endswith(f"commands.{name}"):
                 continue  # optional command not shipped
             raise
-        kwargs = {"help": argparse.SUPPRESS} if name in HIDDEN else {"help": module.HELP, "description": module.HELP}
+        # a subparser added without help= is not listed in --help
+        kwargs = {"description": module.HELP} if name in HIDDEN else {"help": module.HELP, "description": module.HELP}
         command = sub.add_parser(name, **kwargs)
         module.add_arguments(command)
         command.set_defaults(run=module.run)
