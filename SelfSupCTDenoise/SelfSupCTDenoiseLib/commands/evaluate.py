@@ -25,10 +25,15 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io import read_volume
     from ..metrics import compare
+    from ..trust import format_report, trust_report
 
     pairs = [(image, args.reference) for image in args.images] + [tuple(p) for p in args.pair]
     if not pairs or any(ref is None for _, ref in pairs):
         raise InputError("Give IMAGES with --reference REF, or --pair IMAGE REFERENCE (repeatable).")
+    source, spacing = None, None
+    if args.input:
+        input_image = read_volume(args.input)
+        source, spacing = sitk.GetArrayFromImage(input_image).astype("float32"), input_image.GetSpacing()
     rows = []
     for image_path, reference_path in pairs:
         image = sitk.GetArrayFromImage(read_volume(image_path))
@@ -36,11 +41,16 @@ def run(args: argparse.Namespace) -> int:
         if image.shape != reference.shape:
             raise InputError(f"{image_path} {image.shape[::-1]} and {reference_path} {reference.shape[::-1]} "
                              "differ in size.")
-        rows.append({"image": str(image_path), "reference": str(reference_path), **compare(image, reference)})
+        row = {"image": str(image_path), "reference": str(reference_path), **compare(image, reference)}
+        if source is not None:
+            row["trust"] = trust_report(source, image, spacing)
+        rows.append(row)
     print(f"{'image':<40} {'PSNR soft':>9} {'SSIM soft':>9} {'PSNR full':>9} {'SSIM full':>9} {'RMSE HU':>8}")
     for row in rows:
         print(f"{Path(row['image']).name:<40} {row['psnr_soft']:9.2f} {row['ssim_soft']:9.4f} "
               f"{row['psnr_full']:9.2f} {row['ssim_full']:9.4f} {row['rmse_hu']:8.2f}")
+        if "trust" in row:
+            print(format_report(row["trust"]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -15,15 +15,12 @@ from ..errors import InputError
 
 
 def parse_strength(text: str) -> float:
-    from ..quality import STRENGTH_LEVELS
+    from ..quality import resolve_strength
 
-    if text in STRENGTH_LEVELS:
-        return float(STRENGTH_LEVELS[text])
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"strength must be a number in [0, 1] or one of {', '.join(STRENGTH_LEVELS)}") from None
+        return resolve_strength(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
