@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,12 +65,13 @@ class AdaptHistory:
 
 def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseSource, config: AdaptConfig,
           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-          autocast: bool = False):
+          autocast: bool = False, on_teacher_update: Optional[Callable[[int, torch.nn.Module], None]] = None):
     """Fine-tune a copy of `denoiser` on (Y~ + Z -> Y~) for `config.steps` steps.
 
     The teacher f_theta makes the targets Y~ = f_theta(X) and, with teacher updates, becomes a copy of
     the student every `config.period` steps; the result is the teacher (the student when teacher
     updates are off, the paper's ablation). Returns (model, history). The input model is not modified.
+    `on_teacher_update(step, teacher)` is called after each update (benchmarks: quality vs steps).
     """
     device = next(denoiser.parameters()).device
     teacher = copy.deepcopy(denoiser).eval().requires_grad_(False)
@@ -99,6 +100,8 @@ def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseS
             if config.teacher_update:
                 teacher.load_state_dict(student.state_dict())
                 history.teacher_updates.append(step)
+                if on_teacher_update is not None:
+                    on_teacher_update(step, teacher)
             scheduler.step(sum(period_losses) / len(period_losses))
             period_losses = []
         timer.emit(step, history.losses[-1])

@@ -55,15 +55,52 @@ def pseudo_noise_std(sampler, source, norm, patches: int = 64) -> float:
     return float(z[mask].std() if mask.sum() > 64 else z.std())
 
 
-def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: Bundle,
-                  config: AdaptConfig = AdaptConfig(), progress: Optional[ProgressCallback] = None,
-                  cancel: Optional[CancelToken] = None) -> DenoiseResult:
-    """Denoise a (z, y, x) HU volume; nothing here writes files. See `config.AdaptConfig`."""
+def prepare_pseudo_pairs(volume: np.ndarray, bundle: Bundle, config: AdaptConfig, device, generator,
+                         estimated_noise: float, progress: Optional[ProgressCallback] = None,
+                         cancel: Optional[CancelToken] = None, oracle_noise: Optional[np.ndarray] = None):
+    """The patch sampler and pseudo-noise source of one run (also used by the benchmark to measure
+    the pseudo-noise itself). `oracle_noise` (benchmarks only): true noise (HU) independent of the
+    input's, replacing the pseudo-noise: the best any pseudo-noise can do."""
     import torch
 
-    from .adapt import PatchSampler, adapt
-    from .inference import apply_slicewise, describe_device, resolve_device
+    from .adapt import PatchSampler
+    from .inference import apply_slicewise
     from .pseudo import PseudoNoiseSource
+
+    norm = bundle.normalization
+    pool_index = evenly_spaced(len(volume), config.adapt_slices)
+    pool = torch.from_numpy(norm.to_model(volume[pool_index]))[:, None]
+    kind = "paper" if oracle_noise is not None else config.pseudo_noise
+    source = PseudoNoiseSource(kind, bundle.calibration, norm, bundle.noise_histogram,
+                               config.gaussian_sigma_hu, generator)
+    model_noise = None
+    if oracle_noise is not None:
+        model_noise = torch.from_numpy(norm.noise_to_model(oracle_noise[pool_index]).astype(np.float32))[:, None]
+    elif source.needs_models:
+        outputs = [apply_slicewise(n, volume[pool_index], config.infer_batch, phase="noise",
+                                   to_input=norm.to_model, progress=progress, cancel=cancel)
+                   for n in bundle.build_noise_models(device)]
+        model_noise = torch.from_numpy(np.stack(outputs, axis=1))
+    sampler = PatchSampler(pool, model_noise, config.patch_size, config.augment, generator)
+    if kind == "spectral":
+        source.fit_spectrum(sampler.sample(128)[1])
+    if config.noise_level == "input" and np.isfinite(estimated_noise) and oracle_noise is None:
+        source.level_factor = estimated_noise / pseudo_noise_std(sampler, source, norm)
+    return sampler, source
+
+
+def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: Bundle,
+                  config: AdaptConfig = AdaptConfig(), progress: Optional[ProgressCallback] = None,
+                  cancel: Optional[CancelToken] = None, on_teacher_update=None,
+                  oracle_noise: Optional[np.ndarray] = None) -> DenoiseResult:
+    """Denoise a (z, y, x) HU volume; nothing here writes files. See `config.AdaptConfig`.
+
+    Benchmark hooks: `on_teacher_update(step, model)` and `oracle_noise` (see prepare_pseudo_pairs).
+    """
+    import torch
+
+    from .adapt import adapt
+    from .inference import apply_slicewise, describe_device, resolve_device
 
     start = time.perf_counter()
     check_ct_array(volume_hu)
@@ -81,29 +118,15 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
         return apply_slicewise(net, slices, config.infer_batch, phase=phase, to_input=norm.to_model,
                                from_output=norm.to_hu, autocast=autocast, progress=progress, cancel=cancel)
 
-    calibration = bundle.calibration
     if progress is not None:
         progress(ProgressEvent("noise", message="estimating the input's noise level"))
-    mad = laplacian_mad(volume[evenly_spaced(len(volume), config.adapt_slices)])
-    estimated_noise = calibration.get("k_laplacian", float("nan")) * mad
+    estimated_noise = bundle.calibration.get("k_laplacian", float("nan")) * laplacian_mad(
+        volume[evenly_spaced(len(volume), config.adapt_slices)])
     run_info["estimated_noise_std_hu"] = estimated_noise
     if config.steps > 0:
-        pool_index = evenly_spaced(len(volume), config.adapt_slices)
-        pool = torch.from_numpy(norm.to_model(volume[pool_index]))[:, None]
-        source = PseudoNoiseSource(config.pseudo_noise, calibration, norm, bundle.noise_histogram,
-                                   config.gaussian_sigma_hu, generator)
-        model_noise = None
-        if source.needs_models:
-            outputs = [apply_slicewise(n, volume[pool_index], config.infer_batch, phase="noise",
-                                       to_input=norm.to_model, progress=progress, cancel=cancel)
-                       for n in bundle.build_noise_models(device)]
-            model_noise = torch.from_numpy(np.stack(outputs, axis=1))
-        sampler = PatchSampler(pool, model_noise, config.patch_size, config.augment, generator)
-        if config.pseudo_noise == "spectral":
-            source.fit_spectrum(sampler.sample(128)[1])
-        if config.noise_level == "input" and np.isfinite(estimated_noise):
-            source.level_factor = estimated_noise / pseudo_noise_std(sampler, source, norm)
-        model, history = adapt(pretrained, sampler, source, config, progress, cancel, autocast)
+        sampler, source = prepare_pseudo_pairs(volume, bundle, config, device, generator, estimated_noise,
+                                               progress, cancel, oracle_noise)
+        model, history = adapt(pretrained, sampler, source, config, progress, cancel, autocast, on_teacher_update)
         run_info["adaptation"] = {
             "final_loss": float(np.mean(history.losses[-config.period:])),
             "teacher_updates": len(history.teacher_updates),
@@ -118,7 +141,7 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
             fallback = (abs(removed_adapted - estimated_noise)
                         > abs(removed_pre - estimated_noise) + GUARD_TOLERANCE * estimated_noise)
             run_info["guard"] = {"removed_std_pretrained_hu": removed_pre, "removed_std_adapted_hu": removed_adapted,
-                             "estimated_noise_std_hu": estimated_noise, "fell_back": bool(fallback)}
+                                 "estimated_noise_std_hu": estimated_noise, "fell_back": bool(fallback)}
             if fallback:
                 model = pretrained
                 if progress is not None:
