@@ -11,7 +11,7 @@ from . import __version__
 from .errors import Cancelled, SelfSupCTDenoiseError
 
 #: Subcommands, in the order `--help` lists them; each is `commands/<name>.py`.
-COMMANDS = ("denoise", "evaluate", "measure", "pretrain", "simulate", "benchmark", "worker")
+COMMANDS = ("denoise", "evaluate", "measure", "demo", "pretrain", "simulate", "benchmark", "worker")
 HIDDEN = ("worker",)
 
 

@@ -15,13 +15,16 @@ import torch
 DEFAULT_BAND_EDGES = [0.0, 0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.5]
 
 
-def radial_frequency(size: int, device=None) -> torch.Tensor:
-    f = torch.fft.fftfreq(size, device=device)
-    return torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+def radial_frequency(size, device=None) -> torch.Tensor:
+    """|f| in cycles/pixel over the FFT grid of a size x size (or (h, w)) image."""
+    h, w = (size, size) if isinstance(size, int) else size
+    fy, fx = torch.fft.fftfreq(h, device=device), torch.fft.fftfreq(w, device=device)
+    return torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
 
 
-def band_index(size: int, edges: Sequence[float], device=None) -> torch.Tensor:
-    """Band number of each FFT coefficient of a size x size patch (corners go to the last band)."""
+def band_index(size, edges: Sequence[float], device=None) -> torch.Tensor:
+    """Band number of each FFT coefficient of a size x size (or (h, w)) image; corners go to the
+    last band."""
     radius = radial_frequency(size, device)
     inner = torch.as_tensor(list(edges[1:-1]), dtype=radius.dtype, device=device)
     return torch.bucketize(radius, inner, right=True)

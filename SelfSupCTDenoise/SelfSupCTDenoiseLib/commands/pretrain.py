@@ -45,9 +45,10 @@ def subjects_from_args(args: argparse.Namespace):
         for subject in manifest["subjects"]:
             if subject["split"] != "train":
                 continue
-            folder = args.dataset / subject["name"]
+            name = subject.get("key") or subject["name"]
+            folder = args.dataset / name
             second = folder / f"ldct_{args.tag}_b.nrrd"
-            subjects.append(load_subject(subject["name"], folder / f"ldct_{args.tag}.nrrd", folder / "ndct.nrrd",
+            subjects.append(load_subject(name, folder / f"ldct_{args.tag}.nrrd", folder / "ndct.nrrd",
                                          second if second.exists() else None))
     if not subjects:
         raise InputError("No training subjects: give --pair LDCT NDCT (repeat) or --dataset FOLDER.")

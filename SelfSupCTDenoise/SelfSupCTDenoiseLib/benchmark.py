@@ -1,0 +1,365 @@
+"""The benchmark: the paper's Table 1 and the pseudo-noise study on the held-out simulated subjects.
+
+Every number in docs/BENCHMARK.md comes from `run_benchmark` (CLI: `selfsupctdenoise benchmark`).
+Protocols: `ndct` (reference = the real normal-dose CT, which keeps its own noise) and `clean`
+(reference = a strongly denoised NDCT with the low dose simulated from it: hides no over-smoothing).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .bundle import Bundle
+from .config import AdaptConfig
+from .metrics import compare, psnr
+from .noise_level import laplacian_mad, soft_tissue_mask
+
+#: Adaptation settings shared by every adapted row (the product's defaults, fewer steps in --quick).
+PAPER_GAUSSIAN_SIGMA_HU = 0.02 * 4096  # the paper's sigma 0.02 on its (HU + 1024) / 4096 scale
+
+
+@dataclass
+class Method:
+    name: str
+    bundle: str = "n2c"                       # which pre-trained bundle: n2c, n2n, n2v
+    config: Optional[Dict[str, Any]] = None   # AdaptConfig overrides; None = not adapted
+    oracle: bool = False
+    filter: Optional[Callable[[np.ndarray, Dict[str, Any]], np.ndarray]] = None
+    quick: bool = False                       # part of --quick
+    steps_curve: bool = False                 # record PSNR at every teacher update
+
+
+def _anisotropic_diffusion(volume, context):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume.astype(np.float32))
+    image.SetSpacing(context["spacing"])
+    # Slicer's "Curvature Anisotropic Diffusion" module with its default parameters
+    return sitk.GetArrayFromImage(sitk.CurvatureAnisotropicDiffusion(image, timeStep=0.0625,
+                                                                     conductanceParameter=1.0,
+                                                                     numberOfIterations=5))
+
+
+def _patch_based(volume, context):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume.astype(np.float32))
+    image.SetSpacing(context["spacing"])
+    return sitk.GetArrayFromImage(sitk.PatchBasedDenoising(image, kernelBandwidthSigma=400.0, patchRadius=2,
+                                                           numberOfIterations=1, numberOfSamplePatches=100,
+                                                           sampleVariance=400.0))
+
+
+def _bm3d_psd(volume, context):
+    """BM3D for correlated noise, given the noise PSD: the training noise's band powers scaled to
+    the input's estimated noise level (reference-free, like the adaptation)."""
+    import bm3d
+
+    from .spectrum import band_index
+
+    calibration = context["bundle"].calibration
+    sigma = context["estimated_noise"]
+    out = np.empty(volume.shape, dtype=np.float32)
+    for z, image in enumerate(volume):
+        shape = np.asarray(calibration["band_power_real"])[band_index(image.shape, calibration["band_edges"]).numpy()]
+        # bm3d's PSD convention: |FFT2(noise)|^2, i.e. mean(psd) = variance * number of pixels
+        psd = shape / shape.mean() * sigma ** 2 * image.size
+        out[z] = bm3d.bm3d(image.astype(np.float64), psd)
+    return out
+
+
+def methods() -> List[Method]:
+    """The rows, in table order. Adapted rows without a guard show the recipe itself."""
+    raw = {"guard": False}
+    return [
+        Method("LDCT", filter=lambda v, c: v, quick=True),
+        Method("N2C (pretrained)", config={"steps": 0}, quick=True),
+        Method("N2C + paper recipe (ensemble, rescale aug.)",
+               config={"pseudo_noise": "paper", "noise_level": "bundle", "augment": "rescale", **raw}, quick=True),
+        Method("N2C + Ours w/o theta update", config={"teacher_update": False, **raw}),
+        Method("N2C + scaled ensemble", config={"pseudo_noise": "scaled", "noise_level": "bundle", **raw}),
+        Method("N2C + spectral ensemble", config={"pseudo_noise": "spectral", "noise_level": "bundle", **raw}),
+        Method("N2C + spectral ensemble, input level", config={"pseudo_noise": "spectral", **raw}, quick=True),
+        Method("N2C + synthetic NPS noise, input level", config={**raw}, quick=True),
+        Method("N2C + Ours (shipped default: synthetic, guarded)", config={}, quick=True, steps_curve=True),
+        Method("N2C + Gaussian (paper's sigma)", config={"pseudo_noise": "gaussian", "noise_level": "bundle",
+                                                         "gaussian_sigma_hu": PAPER_GAUSSIAN_SIGMA_HU, **raw}),
+        Method("N2C + Hist", config={"pseudo_noise": "hist", "noise_level": "bundle", **raw}),
+        Method("N2C + Model+Hist", config={"pseudo_noise": "model+hist", "noise_level": "bundle", **raw}),
+        Method("N2C + oracle (true independent noise)", config={**raw}, oracle=True, quick=True),
+        Method("N2N (pretrained)", bundle="n2n", config={"steps": 0}),
+        Method("N2N + Ours", bundle="n2n", config={}),
+        Method("N2V (pretrained)", bundle="n2v", config={"steps": 0}),
+        Method("N2V + Ours", bundle="n2v", config={}),
+        Method("Curvature anisotropic diffusion (SimpleITK)", filter=_anisotropic_diffusion, quick=True),
+        Method("Patch-based denoising (SimpleITK)", filter=_patch_based),
+        Method("BM3D with the noise PSD", filter=_bm3d_psd, quick=True),
+    ]
+
+
+def _soft_tissue_noise_std(ldct: np.ndarray, ndct: np.ndarray) -> float:
+    mask = np.stack([soft_tissue_mask(s) for s in ldct])
+    return float((ldct - ndct)[mask].std())
+
+
+def pseudo_noise_band_ratios(volume: np.ndarray, real_noise: np.ndarray, bundle: Bundle, base: AdaptConfig,
+                             estimated_noise: float) -> Dict[str, List[float]]:
+    """Band power of each pseudo-noise over that of the real noise of this volume (1 = same NPS)."""
+    import torch
+
+    from .adapt import PatchSampler
+    from .pipeline import prepare_pseudo_pairs
+    from .spectrum import band_power
+
+    norm = bundle.normalization
+    generator = torch.Generator().manual_seed(0)
+    index = np.unique(np.linspace(0, len(volume) - 1, min(len(volume), base.adapt_slices)).round().astype(int))
+    real_sampler = PatchSampler(torch.from_numpy(norm.noise_to_model(real_noise[index]))[:, None], None,
+                                base.patch_size, "rot90flip", generator)
+    real = band_power(real_sampler.sample(256)[0])
+    ratios = {}
+    for name, overrides in {"paper ensemble": {"pseudo_noise": "paper", "noise_level": "bundle"},
+                            "scaled ensemble": {"pseudo_noise": "scaled", "noise_level": "bundle"},
+                            "spectral ensemble (input level)": {"pseudo_noise": "spectral"},
+                            "synthetic NPS (input level)": {"pseudo_noise": "synthetic"},
+                            "Gaussian (paper's sigma)": {"pseudo_noise": "gaussian", "noise_level": "bundle",
+                                                         "gaussian_sigma_hu": PAPER_GAUSSIAN_SIGMA_HU},
+                            "Hist": {"pseudo_noise": "hist", "noise_level": "bundle"}}.items():
+        config = base.with_(**overrides)
+        sampler, source = prepare_pseudo_pairs(volume, bundle, config, torch.device("cpu"),
+                                               torch.Generator().manual_seed(1), estimated_noise)
+        x, model_noise = sampler.sample(256)
+        ratios[name] = (band_power(source.draw(model_noise, x.shape, x.device)) / real).tolist()
+    return ratios
+
+
+def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tags: Sequence[str],
+                  protocols: Sequence[str], steps: int, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    import SimpleITK as sitk
+
+    from .datasets import load_manifest, subject_paths
+    from .inference import describe_device, resolve_device
+    from .pipeline import denoise_array
+    from .quality import find_uniform_regions, hu_shift, method_noise_score
+
+    manifest = load_manifest(dataset)
+    subjects = [s["key"] for s in manifest["subjects"] if s["split"] == "test"]
+    base = AdaptConfig(steps=steps)
+    rows: List[Dict[str, Any]] = []
+    curves: List[Dict[str, Any]] = []
+    estimator: List[Dict[str, Any]] = []
+    nps_ratios: Dict[str, Any] = {}
+    chosen = [m for m in methods() if (m.quick or not quick) and m.bundle in bundles]
+    for protocol in protocols:
+        for tag in tags:
+            for key in subjects:
+                ldct_path, reference_path = subject_paths(dataset, key, tag, clean=protocol == "clean")
+                if not ldct_path.exists():
+                    continue
+                image = sitk.ReadImage(str(ldct_path))
+                ldct = sitk.GetArrayFromImage(image).astype(np.float32)
+                reference = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_path))).astype(np.float32)
+                spacing = image.GetSpacing()
+                estimated = bundles["n2c"].calibration["k_laplacian"] * laplacian_mad(ldct)
+                true_std = _soft_tissue_noise_std(ldct, reference)
+                oracle_noise = None
+                other_ldct, other_reference = subject_paths(dataset, key, tag, clean=protocol != "clean")
+                if other_ldct.exists():  # the other protocol's noise: same physics, independent draw
+                    oracle_noise = (sitk.GetArrayFromImage(sitk.ReadImage(str(other_ldct))).astype(np.float32)
+                                    - sitk.GetArrayFromImage(sitk.ReadImage(str(other_reference))).astype(np.float32))
+                if protocol == "ndct":
+                    estimator.append({"subject": key, "tag": tag, "true_std_hu": true_std, "estimated_std_hu": estimated,
+                                      "error_percent": 100 * (estimated - true_std) / true_std})
+                    nps_ratios[f"{key}/{tag}"] = pseudo_noise_band_ratios(ldct, ldct - reference, bundles["n2c"],
+                                                                          base, estimated)
+                boxes = find_uniform_regions(reference, spacing, n=3)
+                for method in chosen:
+                    if method.oracle and oracle_noise is None:
+                        continue
+                    started = time.perf_counter()
+                    curve: List[List[float]] = []
+                    info: Dict[str, Any] = {}
+                    if method.filter is not None:
+                        output = method.filter(ldct, {"spacing": spacing, "bundle": bundles["n2c"],
+                                                      "estimated_noise": estimated})
+                    else:
+                        bundle = bundles[method.bundle]
+                        config = base.with_(**method.config)
+
+                        def record(step, model, bundle=bundle):
+                            from .inference import apply_slicewise
+
+                            norm = bundle.normalization
+                            out = apply_slicewise(model, ldct, 4, to_input=norm.to_model, from_output=norm.to_hu)
+                            curve.append([step, psnr(out, reference)])
+
+                        result = denoise_array(ldct, spacing, bundle, config,
+                                               on_teacher_update=record if method.steps_curve else None,
+                                               oracle_noise=oracle_noise if method.oracle else None)
+                        output, info = result.denoised, result.info["run"]
+                    elapsed = time.perf_counter() - started
+                    row = {"protocol": protocol, "tag": tag, "subject": key, "method": method.name,
+                           "seconds": round(elapsed, 2), **compare(output, reference),
+                           "hu_shift": hu_shift(reference, output, boxes)["overall"] if boxes else None,
+                           "method_noise": method_noise_score(ldct, output)["score"],
+                           "guard_fell_back": bool((info.get("guard") or {}).get("fell_back", False))}
+                    rows.append(row)
+                    if curve:
+                        curves.append({"protocol": protocol, "tag": tag, "subject": key, "method": method.name,
+                                       "points": curve})
+                    log(f"{protocol:5} {tag:10} {key:12} {method.name:52} PSNR soft {row['psnr_soft']:6.2f} "
+                        f"SSIM {row['ssim_soft']:.4f}  {elapsed:6.1f} s")
+    device = describe_device(resolve_device(base.device))
+    return {"rows": rows, "curves": curves, "estimator": estimator, "nps_ratios": nps_ratios,
+            "band_edges": bundles["n2c"].calibration["band_edges"],
+            "meta": {"quick": quick, "steps": steps, "tags": list(tags), "protocols": list(protocols),
+                     "subjects": subjects, "device": device, "commit": _git_commit(),
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "bundles": {k: {"path": str(b.path), "sha256": b.sha256, "profile": b.profile.name}
+                                 for k, b in bundles.items()},
+                     "python": platform.python_version()}}
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "-"
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+
+
+def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
+    """docs/BENCHMARK.md, benchmark.json and the PNG plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1))
+    meta, rows = results["meta"], results["rows"]
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    lines = [
+        "# Benchmark", "",
+        f"Generated by `{command}` at commit `{meta['commit']}` on {meta['date']}, device: {meta['device']}; "
+        f"{'quick' if meta['quick'] else 'full'} mode, {meta['steps']} adaptation steps; held-out subjects: "
+        f"{', '.join(meta['subjects'])}. Raw numbers: `benchmark.json`. Data and simulated doses: `DATA.md`.", "",
+        "PSNR/SSIM in the soft-tissue window ([-160, 240] HU, data range 400) and over the full range "
+        "([-1024, 3072] HU, data range 4096), averaged per subject, then mean ± std across subjects. "
+        "HU shift: mean-HU change against the reference in uniform regions found on the reference. Method noise: "
+        "structure in the removed part (see README; > 0.3 = removes detail). Tags: d25 = quarter dose (the "
+        "training dose), d12/d50 = unseen doses, ramlak = another reconstruction filter. Protocol `ndct`: "
+        "reference = the real NDCT (noisy itself); `clean`: reference = a BM3D-denoised NDCT with the low dose "
+        "simulated from it.", ""]
+    for protocol in meta["protocols"]:
+        for tag in meta["tags"]:
+            subset = [r for r in rows if r["protocol"] == protocol and r["tag"] == tag]
+            if not subset:
+                continue
+            lines += [f"## Protocol `{protocol}`, {tag}", "",
+                      "| method | PSNR soft | SSIM soft | PSNR full | SSIM full | HU shift | method noise | s/volume | "
+                      + " | ".join(f"{s} PSNR soft" for s in meta["subjects"]) + " |",
+                      "|---|---|---|---|---|---|---|---|" + "---|" * len(meta["subjects"])]
+            for name in names:
+                mine = [r for r in subset if r["method"] == name]
+                if not mine:
+                    continue
+                per_subject = {r["subject"]: r["psnr_soft"] for r in mine}
+                lines.append(
+                    f"| {name} | {_mean_std([r['psnr_soft'] for r in mine])} | "
+                    f"{np.mean([r['ssim_soft'] for r in mine]):.4f} | {_mean_std([r['psnr_full'] for r in mine])} | "
+                    f"{np.mean([r['ssim_full'] for r in mine]):.4f} | {_mean_std([r['hu_shift'] for r in mine])} | "
+                    f"{np.mean([r['method_noise'] for r in mine]):+.2f} | {np.mean([r['seconds'] for r in mine]):.1f} | "
+                    + " | ".join(f"{per_subject[s]:.2f}" if s in per_subject else "-" for s in meta["subjects"]) + " |")
+            lines.append("")
+    gains = _gains(rows)
+    if gains:
+        lines += ["## Gain of adaptation over the pretrained model (PSNR soft, dB, per subject)", "",
+                  "| protocol | tag | method | " + " | ".join(meta["subjects"]) + " | min |",
+                  "|---|---|---|" + "---|" * (len(meta["subjects"]) + 1)]
+        for (protocol, tag, name), per_subject in gains.items():
+            lines.append(f"| {protocol} | {tag} | {name} | "
+                         + " | ".join(f"{per_subject[s]:+.2f}" if s in per_subject else "-" for s in meta["subjects"])
+                         + f" | {min(per_subject.values()):+.2f} |")
+        lines.append("")
+    guarded = [r for r in rows if "guarded" in r["method"]]
+    if guarded:
+        lines += [f"The guard fell back to the pretrained model in {sum(r['guard_fell_back'] for r in guarded)} of "
+                  f"{len(guarded)} runs of the shipped default.", ""]
+    if results["estimator"]:
+        lines += ["## Reference-free noise estimate of the input vs the true inserted noise (soft tissue)", "",
+                  "| subject | tag | true std (HU) | estimated (HU) | error |", "|---|---|---|---|---|"]
+        for e in results["estimator"]:
+            lines.append(f"| {e['subject']} | {e['tag']} | {e['true_std_hu']:.1f} | {e['estimated_std_hu']:.1f} | "
+                         f"{e['error_percent']:+.0f}% |")
+        lines.append("")
+    if results["nps_ratios"]:
+        edges = results["band_edges"]
+        bands = [f"{a:.3g}-{b:.3g}" for a, b in zip(edges[:-1], edges[1:])]
+        lines += ["## Pseudo-noise NPS over the real noise NPS, per radial band (cycles/pixel; 1.00 = match)", "",
+                  "Mean over the held-out subjects and doses; per case in `benchmark.json`.", "",
+                  "| pseudo-noise | " + " | ".join(bands) + " | worst |", "|---|" + "---|" * (len(bands) + 1)]
+        kinds = next(iter(results["nps_ratios"].values())).keys()
+        for kind in kinds:
+            ratios = np.mean([case[kind] for case in results["nps_ratios"].values()], axis=0)
+            worst = float(np.max(np.abs(ratios - 1)))
+            lines.append(f"| {kind} | " + " | ".join(f"{r:.2f}" for r in ratios) + f" | {worst:.0%} off |")
+        lines.append("")
+        fig, ax = plt.subplots(figsize=(7, 4))
+        centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        for kind in kinds:
+            ax.plot(centres, np.mean([case[kind] for case in results["nps_ratios"].values()], axis=0), marker="o",
+                    label=kind)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("radial frequency (cycles/pixel)")
+        ax.set_ylabel("NPS pseudo / NPS real")
+        ax.legend(fontsize=7)
+        ax.set_title("Pseudo-noise realism (held-out subjects)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "benchmark_nps_ratio.png", dpi=110)
+        plt.close(fig)
+        lines += ["![NPS ratio](benchmark_nps_ratio.png)", ""]
+    if results["curves"]:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for c in results["curves"]:
+            points = np.asarray(c["points"])
+            ax.plot(points[:, 0], points[:, 1], label=f"{c['subject']} {c['tag']} ({c['protocol']})")
+        ax.set_xlabel("adaptation step")
+        ax.set_ylabel("PSNR soft (dB)")
+        ax.set_title("Shipped default: PSNR of the teacher vs steps")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out_dir / "benchmark_psnr_vs_steps.png", dpi=110)
+        plt.close(fig)
+        lines += ["![PSNR vs steps](benchmark_psnr_vs_steps.png)", ""]
+    path = out_dir / "BENCHMARK.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _gains(rows: List[Dict[str, Any]]) -> Dict[Any, Dict[str, float]]:
+    gains: Dict[Any, Dict[str, float]] = {}
+    for r in rows:
+        if not r["method"].startswith("N2C +"):
+            continue
+        base = next((b for b in rows if b["method"] == "N2C (pretrained)" and b["subject"] == r["subject"]
+                     and b["tag"] == r["tag"] and b["protocol"] == r["protocol"]), None)
+        if base is not None:
+            gains.setdefault((r["protocol"], r["tag"], r["method"]), {})[r["subject"]] = r["psnr_soft"] - base["psnr_soft"]
+    return gains

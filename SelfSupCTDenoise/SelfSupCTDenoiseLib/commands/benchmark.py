@@ -1,0 +1,42 @@
+"""`benchmark`: the paper's Table 1 and the pseudo-noise study on the held-out simulated subjects."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+HELP = "run the benchmark on a `simulate` dataset and write docs/BENCHMARK.md, JSON and plots"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=Path, default=Path("data/sim"))
+    parser.add_argument("--bundle", type=Path, help="N2C bundle [shipped lite]")
+    parser.add_argument("--bundle-n2n", type=Path, help="N2N bundle (rows N2N, N2N + Ours)")
+    parser.add_argument("--bundle-n2v", type=Path, help="N2V bundle (rows N2V, N2V + Ours)")
+    parser.add_argument("--quick", action="store_true", help="fewer rows, doses and steps (CPU)")
+    parser.add_argument("--tags", nargs="+", help="low-dose tags [all four; quick: d25_hann d12_hann]")
+    parser.add_argument("--protocols", nargs="+", default=None, choices=("ndct", "clean"),
+                        help="[ndct clean; quick: ndct]")
+    parser.add_argument("--steps", type=int, help="adaptation steps [200; quick: 100]")
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..benchmark import run_benchmark, write_report
+    from ..bundle import default_bundle_dir, load_bundle
+
+    bundles = {"n2c": load_bundle(args.bundle or default_bundle_dir("lite"))}
+    if args.bundle_n2n:
+        bundles["n2n"] = load_bundle(args.bundle_n2n)
+    if args.bundle_n2v:
+        bundles["n2v"] = load_bundle(args.bundle_n2v)
+    tags = args.tags or (["d25_hann", "d12_hann"] if args.quick else ["d25_hann", "d12_hann", "d50_hann", "d25_ramlak"])
+    protocols = args.protocols or (["ndct"] if args.quick else ["ndct", "clean"])
+    steps = args.steps or (100 if args.quick else 200)
+    results = run_benchmark(args.dataset, bundles, quick=args.quick, tags=tags, protocols=protocols, steps=steps)
+    command = "selfsupctdenoise benchmark " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("benchmark") + 1:]) \
+        if "benchmark" in sys.argv else "selfsupctdenoise benchmark"
+    print(f"wrote {write_report(results, args.out, command)}")
+    return 0
