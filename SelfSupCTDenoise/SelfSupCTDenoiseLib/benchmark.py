@@ -148,7 +148,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
     from .datasets import load_manifest, subject_paths
     from .inference import describe_device, resolve_device
     from .pipeline import denoise_array
-    from .quality import find_uniform_regions, hu_shift, method_noise_score
+    from .quality import hu_shift, method_noise_score, uniform_tissue_mask
 
     manifest = load_manifest(dataset)
     subjects = [s["key"] for s in manifest["subjects"] if s["split"] == "test"]
@@ -180,7 +180,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                                       "error_percent": 100 * (estimated - true_std) / true_std})
                     nps_ratios[f"{key}/{tag}"] = pseudo_noise_band_ratios(ldct, ldct - reference, bundles["n2c"],
                                                                           base, estimated)
-                boxes = find_uniform_regions(reference, spacing, n=3)
+                uniform = uniform_tissue_mask(reference, max_slices=16)
                 for method in chosen:
                     if method.oracle and oracle_noise is None:
                         continue
@@ -208,7 +208,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                     elapsed = time.perf_counter() - started
                     row = {"protocol": protocol, "tag": tag, "subject": key, "method": method.name,
                            "seconds": round(elapsed, 2), **compare(output, reference),
-                           "hu_shift": hu_shift(reference, output, boxes)["overall"] if boxes else None,
+                           "hu_shift": hu_shift(reference, output, uniform)["overall"] if uniform.any() else None,
                            "method_noise": method_noise_score(ldct, output)["score"],
                            "guard_fell_back": bool((info.get("guard") or {}).get("fell_back", False))}
                     rows.append(row)

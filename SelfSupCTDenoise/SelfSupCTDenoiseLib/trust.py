@@ -8,12 +8,15 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from .quality import Box, compare_regions, find_uniform_regions, hu_shift, method_noise_score
+from .quality import (Box, compare_regions, find_uniform_regions, hu_shift, method_noise_score,
+                      uniform_tissue_mask)
 
 
 def trust_report(input_hu: np.ndarray, output_hu: np.ndarray, spacing_xyz: Sequence[float],
                  boxes: Optional[Sequence[Box]] = None) -> Dict[str, Any]:
-    """Regions default to uniform soft-tissue boxes found automatically on the input."""
+    """Regions for the noise table default to uniform soft-tissue boxes found automatically on the
+    input; the HU shift is measured over all uniform soft tissue (a mask: the mean of the removed
+    noise averages out over it, so a systematic shift is what remains)."""
     input_hu = np.asarray(input_hu, np.float32)
     output_hu = np.asarray(output_hu, np.float32)
     automatic = not boxes
@@ -23,7 +26,9 @@ def trust_report(input_hu: np.ndarray, output_hu: np.ndarray, spacing_xyz: Seque
     if boxes:
         report["region_stats"] = compare_regions(
             {"input": input_hu, "denoised": output_hu, "noise map": input_hu - output_hu}, boxes)
-        report["hu_shift"] = hu_shift(input_hu, output_hu, boxes)
+    mask = uniform_tissue_mask(input_hu, max_slices=16)
+    if mask.any():
+        report["hu_shift"] = hu_shift(input_hu, output_hu, mask)
     return report
 
 
@@ -36,8 +41,8 @@ def format_report(report: Dict[str, Any]) -> str:
         shift = report["hu_shift"]
         lines.append(f"  mean-HU shift in uniform regions: {shift['overall']:+.2f} HU "
                      f"({'within' if shift['within_tolerance'] else 'OUTSIDE'} +/-{shift['tolerance_hu']:.0f} HU)")
-    else:
-        lines.append("  no uniform soft-tissue region found: give one with --region")
+    if "region_stats" not in report:
+        lines.append("  no uniform soft-tissue region found for the noise table: give one with --region")
     mn = report["method_noise"]
     lines.append(f"  method noise {mn['score']:+.2f}: {mn['reading']}")
     return "\n".join(lines)

@@ -1,0 +1,196 @@
+"""DICOM output: a synthetic CT series in, a derived series out, read back by SimpleITK and pydicom."""
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from scipy import ndimage
+
+from SelfSupCTDenoiseLib import dicom_out
+from SelfSupCTDenoiseLib.dicom_out import (DENOISED_SUFFIX, NOISE_MAP_SUFFIX, choose_rescale, read_source_series,
+                                           series_description, write_dicom_series)
+from SelfSupCTDenoiseLib.errors import InputError
+
+ORIGIN = (-112.5, -80.25, 31.0)
+SPACING = (0.7, 0.7, 2.5)
+ROWS = COLUMNS = 32
+SLICES = 6
+
+
+def make_ct_series(folder, hu, direction=(1, 0, 0, 0, 1, 0)):
+    """Write (slices, 32, 32) HU as a CT series: int16 stored, intercept -1024, file names shuffled."""
+    folder.mkdir()
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    row, col = np.array(direction[:3], float), np.array(direction[3:], float)
+    normal = np.cross(row, col)
+    for k in np.random.default_rng(0).permutation(len(hu)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientSex = "Phantom^Test", "PID-42", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240102", "101500", "ACC1", "S1"
+        ds.Modality, ds.SeriesNumber, ds.SeriesDescription = "CT", 3, "Abdomen 2.5mm"
+        ds.Manufacturer, ds.KVP, ds.ConvolutionKernel = "ACME", "120", "B30f"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.InstanceNumber = int(k) + 1
+        ds.ImagePositionPatient = [float(v) for v in np.array(ORIGIN) + k * SPACING[2] * normal]
+        ds.ImageOrientationPatient = [float(v) for v in direction]
+        ds.PixelSpacing = [SPACING[1], SPACING[0]]
+        ds.SliceThickness = SPACING[2]
+        ds.Rows, ds.Columns = ROWS, COLUMNS
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelPaddingValue = -2000
+        ds.add_new(0x00291010, "OB", b"private vendor data")
+        ds.PixelData = (hu[k] + 1024).astype(np.int16).tobytes()
+        ds.save_as(str(folder / f"slice_{k:03d}_{generate_uid()[-6:]}.dcm"), enforce_file_format=True)
+    return study, series
+
+
+def read_series(folder):
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+@pytest.fixture()
+def ct_series(tmp_path):
+    rng = np.random.default_rng(1)
+    hu = np.full((SLICES, ROWS, COLUMNS), -1000, np.int16)
+    hu[:, 4:28, 3:29] = rng.normal(40, 25, (SLICES, 24, 26)).round()
+    hu[:, 12:16, 12:16] = 1200  # bone: must not be clipped
+    source_dir = tmp_path / "ldct"
+    study, series = make_ct_series(source_dir, hu)
+    return source_dir, study, series, hu
+
+
+def _float_denoised(image):
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = ndimage.gaussian_filter(array, (0, 1, 1)) + np.float32(0.37)  # non-integer HU
+    out = sitk.GetImageFromArray(array.astype(np.float32))
+    out.CopyInformation(image)
+    return out
+
+
+def _assert_same_geometry(a, b):
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+def test_denoised_series_reads_back_with_the_same_geometry_and_values(ct_series, tmp_path):
+    source_dir, study, series, hu = ct_series
+    image = read_series(source_dir)
+    np.testing.assert_allclose(image.GetOrigin(), ORIGIN, atol=1e-4)
+    assert np.array_equal(sitk.GetArrayFromImage(image), hu)
+    denoised = _float_denoised(image)
+    source = read_source_series(source_dir)
+    files = write_dicom_series(denoised, source, tmp_path / "out",
+                               provenance={"parameters": {"strength": 0.75}, "seed": 0,
+                                           "bundle": {"name": "lite", "sha256": "0123456789abcdef" * 4}})
+    assert len(files) == SLICES and all(f.exists() for f in files)
+
+    back = read_series(tmp_path / "out")
+    _assert_same_geometry(back, image)
+    slope, _ = choose_rescale(sitk.GetArrayViewFromImage(denoised))
+    error = np.abs(sitk.GetArrayFromImage(back).astype(np.float64) - sitk.GetArrayFromImage(denoised))
+    assert error.max() <= slope / 2 + 1e-6 and slope <= 1 / 8  # documented: <= slope/2 <= 0.5 HU
+
+    headers = [pydicom.dcmread(str(f)) for f in files]
+    source_sops = {h.SOPInstanceUID for h in source.headers}
+    assert len({h.SeriesInstanceUID for h in headers}) == 1 and headers[0].SeriesInstanceUID != series
+    assert len({h.SOPInstanceUID for h in headers}) == SLICES and not source_sops & {h.SOPInstanceUID for h in headers}
+    for h, src in zip(headers, source.headers):
+        assert h.StudyInstanceUID == study and h.PatientID == "PID-42" and str(h.PatientName) == "Phantom^Test"
+        assert h.FrameOfReferenceUID == src.FrameOfReferenceUID and h.AccessionNumber == "ACC1"
+        assert list(h.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert h.SeriesDescription == "Abdomen 2.5mm denoised (research)"
+        assert h.SeriesNumber == 1003 and h.Modality == "CT" and h.ConvolutionKernel == "B30f"
+        assert "SelfSupCTDenoise" in h.DerivationDescription and "strength 0.75" in h.DerivationDescription
+        assert h.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        np.testing.assert_allclose([float(v) for v in h.ImagePositionPatient],
+                                   [float(v) for v in src.ImagePositionPatient], atol=1e-4)
+        assert float(h.SliceThickness) == pytest.approx(SPACING[2])
+        assert "PixelPaddingValue" not in h and not any(t.is_private for t in h.keys())
+        assert h.file_meta.MediaStorageSOPInstanceUID == h.SOPInstanceUID
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ldct", "out"]  # no temporary folder left
+
+
+def test_integer_output_is_stored_exactly_with_slope_one(ct_series, tmp_path):
+    source_dir, _, _, hu = ct_series
+    image = read_series(source_dir)
+    files = write_dicom_series(image, read_source_series(source_dir), tmp_path / "out")
+    header = pydicom.dcmread(str(files[0]))
+    assert float(header.RescaleSlope) == 1.0 and float(header.RescaleIntercept) == 0.0
+    assert np.array_equal(sitk.GetArrayFromImage(read_series(tmp_path / "out")), hu)  # air and bone kept
+
+
+def test_noise_map_series_and_oblique_geometry(tmp_path):
+    rng = np.random.default_rng(2)
+    hu = rng.normal(0, 30, (SLICES, ROWS, COLUMNS)).round().astype(np.int16)
+    c, s = np.cos(0.3), np.sin(0.3)
+    source_dir = tmp_path / "oblique"
+    make_ct_series(source_dir, hu, direction=(c, s, 0, -s, c, 0.0))
+    image = read_series(source_dir)
+    noise = sitk.GetImageFromArray(rng.normal(0, 20, hu.shape).astype(np.float32))
+    noise.CopyInformation(image)
+    files = write_dicom_series(noise, read_source_series(source_dir), tmp_path / "noise", suffix=NOISE_MAP_SUFFIX)
+    back = read_series(tmp_path / "noise")
+    _assert_same_geometry(back, image)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(noise), atol=0.5)
+    header = pydicom.dcmread(str(files[0]))
+    assert header.SeriesDescription == "Abdomen 2.5mm noise map (research)" and header.SeriesNumber == 2003
+    assert float(header.WindowCenter) == 0.0
+
+
+def test_refuses_a_non_empty_folder_unless_overwrite_and_never_leaves_half_a_series(ct_series, tmp_path,
+                                                                                    monkeypatch):
+    source_dir, *_ = ct_series
+    image = read_series(source_dir)
+    source = read_source_series(source_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(InputError):
+        write_dicom_series(image, source, out)
+    with pytest.raises(InputError):
+        write_dicom_series(image, source, source_dir, overwrite=True)  # never the input folder
+    write_dicom_series(image, source, out, overwrite=True)
+    assert len(list(out.iterdir())) == SLICES and not (out / "keep.txt").exists()
+
+    calls = []
+
+    def failing_save(dataset, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        dataset.save_as(str(path), enforce_file_format=True)
+
+    monkeypatch.setattr(dicom_out, "_save", failing_save)
+    with pytest.raises(OSError):
+        write_dicom_series(image, source, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ldct", "out"]
+
+
+def test_rescale_rule_and_description_length():
+    assert choose_rescale(np.array([-1024.0, 3071.0])) == (1.0, 0.0)
+    assert choose_rescale(np.array([-1024.0, 3000.5])) == (1 / 16, 988.0)  # CT range: 1/32 HU error at most
+    assert choose_rescale(np.array([-1024.0, 3071.5]))[0] == 1 / 8  # just over 4096 HU
+    assert choose_rescale(np.array([-0.25, 0.25]))[0] == 2.0 ** -8
+    with pytest.raises(InputError):
+        choose_rescale(np.array([-1e6, 1e6]))
+    with pytest.raises(InputError):
+        choose_rescale(np.array([0.0, np.nan]))
+    long = series_description("X" * 80, DENOISED_SUFFIX)
+    assert len(long) <= 64 and long.endswith(" " + DENOISED_SUFFIX)
+    assert series_description("", DENOISED_SUFFIX) == DENOISED_SUFFIX
