@@ -117,3 +117,22 @@ def test_console_script_module_entry_and_help():
     for command in ("denoise", "evaluate", "pretrain"):
         assert command in result.stdout
     assert "worker" not in result.stdout.split("positional arguments")[-1].split("options")[0].replace("{", "")
+
+
+def test_dicom_series_in_dicom_series_out(cli_bundle, tmp_path):
+    import pydicom
+
+    from test_dicom_out import make_ct_series, read_series
+
+    hu = np.round(noisy_pair(4, 32, 30.0, seed=4)[0]).astype(np.int16)
+    study, series = make_ct_series(tmp_path / "ldct", hu)
+    out, noise = tmp_path / "denoised", tmp_path / "noise"
+    assert main(["denoise", str(tmp_path / "ldct"), str(out), "--noise-map", str(noise), "--dicom-out",
+                 "--bundle", str(cli_bundle), *FAST]) == 0
+    source, result = read_series(tmp_path / "ldct"), read_series(out)
+    assert result.GetSize() == source.GetSize() and result.GetOrigin() == pytest.approx(source.GetOrigin())
+    first = pydicom.dcmread(next(out.iterdir()))
+    assert first.StudyInstanceUID == study and first.SeriesInstanceUID != series
+    assert "DERIVED" in first.ImageType and first.SeriesDescription.endswith("denoised (research)")
+    removed = sitk.GetArrayFromImage(read_series(noise))
+    np.testing.assert_allclose(removed, sitk.GetArrayFromImage(source) - sitk.GetArrayFromImage(result), atol=0.5)

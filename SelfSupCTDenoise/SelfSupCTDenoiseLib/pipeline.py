@@ -16,7 +16,7 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .config import AdaptConfig
 from .errors import InputError
-from .io import PathLike, check_ct_array, check_output_path, image_like, read_volume, write_volume
+from .io import PathLike, check_ct_array, check_output_path, image_like, read_volume, same_file, write_volume
 from .noise_level import laplacian_mad, soft_tissue_mask
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 from .provenance import build_provenance, set_image_fields, write_sidecar
@@ -157,11 +157,26 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
 
 def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Optional[PathLike] = None,
                  bundle_path: Optional[PathLike] = None, config: AdaptConfig = AdaptConfig(),
-                 progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
-    """Read, denoise and write. Validates every path first; writes nothing unless the run completes."""
-    check_output_path(output_path, input_path)
-    if noise_map_path is not None:
-        check_output_path(noise_map_path, input_path, output_path)
+                 progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+                 dicom_out: bool = False) -> Dict[str, Any]:
+    """Read, denoise and write. Validates every path first; writes nothing unless the run completes.
+
+    With `dicom_out` (the input must be a DICOM series folder) the outputs are DICOM series folders:
+    new series of the same study (see dicom_out.py)."""
+    source_series = None
+    if dicom_out:
+        from .dicom_out import read_source_series
+
+        if not Path(input_path).is_dir():
+            raise InputError("DICOM output needs a DICOM series folder as input.")
+        source_series = read_source_series(input_path)
+        for target in (output_path, noise_map_path):
+            if target is not None and (same_file(target, input_path) or (Path(target).is_dir() and any(Path(target).iterdir()))):
+                raise InputError(f"The DICOM output folder {target} is the input or not empty; choose a new folder.")
+    else:
+        check_output_path(output_path, input_path)
+        if noise_map_path is not None:
+            check_output_path(noise_map_path, input_path, output_path)
     if progress is not None:
         progress(ProgressEvent("loading", message=str(input_path)))
     image = read_volume(input_path)
@@ -175,12 +190,19 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
     denoised = cast_like_input(result.denoised, array.dtype)
     info = {**result.info, "input": Path(input_path).name}
     output_image = image_like(denoised, image)
-    set_image_fields(output_image, info)
-    write_volume(output_image, output_path)
-    if noise_map_path is not None:
-        # what was removed from the input as written (integer outputs are rounded)
-        noise_image = image_like(array.astype(np.float32) - denoised.astype(np.float32), image)
-        set_image_fields(noise_image, {**info, "output": "noise map (input - denoised)"})
-        write_volume(noise_image, noise_map_path)
+    # what was removed from the input as written (integer outputs are rounded)
+    noise_image = image_like(array.astype(np.float32) - denoised.astype(np.float32), image)
+    if source_series is not None:
+        from .dicom_out import NOISE_MAP_SUFFIX, write_dicom_series
+
+        write_dicom_series(output_image, source_series, output_path, provenance=info)
+        if noise_map_path is not None:
+            write_dicom_series(noise_image, source_series, noise_map_path, suffix=NOISE_MAP_SUFFIX, provenance=info)
+    else:
+        set_image_fields(output_image, info)
+        write_volume(output_image, output_path)
+        if noise_map_path is not None:
+            set_image_fields(noise_image, {**info, "output": "noise map (input - denoised)"})
+            write_volume(noise_image, noise_map_path)
     write_sidecar(output_path, info)  # written last: marks the output complete (batch resume)
     return info

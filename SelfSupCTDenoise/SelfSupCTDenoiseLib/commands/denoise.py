@@ -48,6 +48,11 @@ def plan(paths: List[Path]) -> Tuple[List[Tuple[Path, Path]], bool]:
     return [(p, out / f"{_stem(p)}_denoised.nrrd") for p in expanded], True
 
 
+def _dicom_names(jobs: List[Tuple[Path, Path]]) -> List[Tuple[Path, Path]]:
+    """With --dicom-out a batch writes a folder per series instead of an NRRD file."""
+    return [(source, target.with_suffix("")) for source, target in jobs]
+
+
 def _is_dicom_dir(path: Path) -> bool:
     if not path.is_dir():
         return False
@@ -69,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     jobs, batch = plan(args.paths)
+    if batch and args.dicom_out:
+        jobs = _dicom_names(jobs)
     bundle = args.bundle or default_bundle_for_device(resolve_device(config.device).type)
     if batch:
         jobs[0][1].parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         progress = TqdmProgress(enabled=not args.quiet, prefix=prefix)
         started = time.perf_counter()
         try:
-            info = denoise_file(source, target, noise_map, bundle, config, progress)
+            info = denoise_file(source, target, noise_map, bundle, config, progress, dicom_out=args.dicom_out)
         except Cancelled:
             raise
         except SelfSupCTDenoiseError as exc:
