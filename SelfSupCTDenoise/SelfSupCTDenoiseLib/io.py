@@ -122,6 +122,12 @@ def check_output_path(output: PathLike, *inputs: PathLike) -> Path:
     return output
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_volume(image: sitk.Image, path: PathLike, compress: bool = True) -> None:
     """Write atomically: a temporary file in the target folder, renamed over the target."""
     path = Path(path)
@@ -133,6 +139,7 @@ def write_volume(image: sitk.Image, path: PathLike, compress: bool = True) -> No
     os.close(handle)
     try:
         sitk.WriteImage(image, temp, compress)
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -44,8 +44,9 @@ FILTERS = ("hann", "ram-lak", "shepp-logan", "hamming", "cosine")
 REF_VIEWS = 720                  # reference geometry for i0_full: 720 views ...
 REF_SPACING_MM = 0.8             # ... of 0.8 mm bins (a 410 mm field of view on 512 pixels)
 #: Full-dose photons per bin in the reference geometry, calibrated so that quarter dose with the Hann
-#: filter inserts ~19 HU in the soft tissue of a native 512 x 512 abdomen slice (docs/DATA.md).
-DEFAULT_I0_FULL = 6.0e5
+#: filter inserts ~20 HU in the soft tissue of a native 512 x 512 abdomen slice whose own noise is
+#: ~12 HU, i.e. roughly doubles it, as quarter dose does (docs/DATA.md).
+DEFAULT_I0_FULL = 5.0e5
 DEFAULT_SIGMA_E = 10.0           # electronic noise, counts (std)
 VIEWS_PER_PIXEL = 1.4
 

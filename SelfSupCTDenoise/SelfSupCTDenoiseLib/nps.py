@@ -81,7 +81,10 @@ def nps_integral(nps: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> float:
 
 def radial_average(nps: np.ndarray, fy: np.ndarray, fx: np.ndarray,
                    max_freq: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Ring average of a 2D NPS: (freqs, nps_radial), rings of the bin width, up to Nyquist."""
+    """Ring average of a 2D NPS: (nps_radial, freqs), rings of the bin width, up to Nyquist.
+
+    Returned in the order the helpers below take them: `band_power(*radial_average(...), edges)`.
+    """
     df = min(abs(fy[1] - fy[0]), abs(fx[1] - fx[0]))
     nyquist = min(np.abs(fy).max(), np.abs(fx).max())
     max_freq = nyquist if max_freq is None else max_freq
@@ -91,17 +94,17 @@ def radial_average(nps: np.ndarray, fy: np.ndarray, fx: np.ndarray,
     keep = ring < n_rings
     sums = np.bincount(ring[keep], weights=nps[keep], minlength=n_rings)
     counts = np.bincount(ring[keep], minlength=n_rings)
-    return np.arange(n_rings) * df, sums / np.maximum(counts, 1)
+    return sums / np.maximum(counts, 1), np.arange(n_rings) * df
 
 
 def radial_nps(rois: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1.0),
                detrend: str = "mean") -> Tuple[np.ndarray, np.ndarray]:
-    """Radially averaged NPS of ROIs: (freqs in mm^-1, NPS in HU^2 mm^2) up to Nyquist."""
+    """Radially averaged NPS of ROIs: (NPS in HU^2 mm^2, freqs in mm^-1) up to Nyquist."""
     return radial_average(*nps_2d(rois, spacing_yx, detrend))
 
 
 def radial_nps_pixels(rois: np.ndarray, detrend: str = "mean") -> Tuple[np.ndarray, np.ndarray]:
-    """Radially averaged NPS in cycles/pixel (HU^2 pixel^2), independent of the pixel spacing."""
+    """Radially averaged NPS (HU^2 pixel^2, freqs in cycles/pixel), independent of the pixel spacing."""
     return radial_nps(rois, (1.0, 1.0), detrend)
 
 

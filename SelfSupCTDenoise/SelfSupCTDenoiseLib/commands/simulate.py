@@ -11,7 +11,8 @@ HELP = ("build paired low-dose/normal-dose CT (projection-domain noise insertion
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..datasets import DEFAULT_MAX_SLICES, DEFAULT_OUT, DEFAULT_TAGS, QUICK_MAX_SLICES, SUBJECTS
+    from ..datasets import (DEFAULT_MAX_SLICES, DEFAULT_OUT, DEFAULT_TAGS, DOSE_REFERENCES, QUICK_MAX_SLICES,
+                            SUBJECTS)
     from ..lowdose import DEFAULT_I0_FULL, DEFAULT_SIGMA_E
 
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"dataset folder [{DEFAULT_OUT}]")
@@ -27,12 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subjects", nargs="+", choices=[s.key for s in SUBJECTS], metavar="KEY",
                         help=f"subset of subjects [all: {' '.join(s.key for s in SUBJECTS)}]")
     parser.add_argument("--max-slices", type=int, default=None,
-                        help=f"slices kept per volume, the ones with the most body [{DEFAULT_MAX_SLICES}; "
+                        help=f"slices kept per volume, centred on the body [{DEFAULT_MAX_SLICES}; "
                              f"{QUICK_MAX_SLICES} with --quick]")
     parser.add_argument("--clean-protocol", action=argparse.BooleanOptionalAction, default=True,
                         help="also write clean.nrrd (BM3D-denoised NDCT) and clean_ldct_<tag>.nrrd [on]")
+    parser.add_argument("--dose-reference", choices=DOSE_REFERENCES, default="ndct",
+                        help="full dose per subject: 'ndct' = set from the NDCT's own noise so that the "
+                             "training dose inserts sqrt(1/dose - 1) times it (each scan's own dose, as in "
+                             "the AAPM data); 'fixed' = --i0-full for every subject [ndct]")
     parser.add_argument("--i0-full", type=float, default=DEFAULT_I0_FULL,
-                        help=f"full-dose photons per detector bin in the reference geometry [{DEFAULT_I0_FULL:g}]")
+                        help="full-dose photons per detector bin in the reference geometry (with 'ndct': the "
+                             f"starting point of the per-subject calibration) [{DEFAULT_I0_FULL:g}]")
     parser.add_argument("--sigma-e", type=float, default=DEFAULT_SIGMA_E,
                         help=f"electronic noise std in counts [{DEFAULT_SIGMA_E:g}]")
     parser.add_argument("--nps-plot", type=Path, default=None,
@@ -50,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     subjects = [s for s in SUBJECTS if not args.subjects or s.key in args.subjects]
     opts = BuildOptions(out_dir=args.out, cache_dir=args.cache, quick=args.quick, seed=args.seed,
                         tags=tuple(args.tags), max_slices=args.max_slices, clean_protocol=args.clean_protocol,
+                        dose_reference=args.dose_reference,
                         i0_full=args.i0_full, sigma_e=args.sigma_e, subjects=subjects)
     try:
         manifest = build_dataset(opts)
