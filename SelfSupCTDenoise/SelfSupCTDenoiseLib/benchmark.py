@@ -34,6 +34,8 @@ class Method:
     oracle: bool = False
     filter: Optional[Callable[[np.ndarray, Dict[str, Any]], np.ndarray]] = None
     quick: bool = False                       # part of --quick
+    scope: str = "ablation"                   # both: every tag, both protocols; ndct: every tag, ndct
+                                              # protocol; ablation: ndct protocol, first two tags
     steps_curve: bool = False                 # record PSNR at every teacher update
 
 
@@ -42,8 +44,10 @@ def _anisotropic_diffusion(volume, context):
 
     image = sitk.GetImageFromArray(volume.astype(np.float32))
     image.SetSpacing(context["spacing"])
-    # Slicer's "Curvature Anisotropic Diffusion" module with its default parameters
-    return sitk.GetArrayFromImage(sitk.CurvatureAnisotropicDiffusion(image, timeStep=0.0625,
+    # Slicer's "Curvature Anisotropic Diffusion" module defaults, with the time step capped at what
+    # ITK says is stable for this spacing (min spacing / 2^(dimension + 1))
+    step = min(0.0625, 0.95 * min(context["spacing"]) / 2 ** 4)
+    return sitk.GetArrayFromImage(sitk.CurvatureAnisotropicDiffusion(image, timeStep=step,
                                                                      conductanceParameter=1.0,
                                                                      numberOfIterations=5))
 
@@ -65,6 +69,9 @@ def _bm3d_psd(volume, context):
 
     from .spectrum import band_index
 
+    if not hasattr(np, "trapz"):  # bm4d 4.2 (under bm3d 4.0.3) still calls np.trapz, removed in numpy 2.4
+        np.trapz = np.trapezoid
+
     calibration = context["bundle"].calibration
     sigma = context["estimated_noise"]
     out = np.empty(volume.shape, dtype=np.float32)
@@ -80,29 +87,42 @@ def methods() -> List[Method]:
     """The rows, in table order. Adapted rows without a guard show the recipe itself."""
     raw = {"guard": False}
     return [
-        Method("LDCT", filter=lambda v, c: v, quick=True),
-        Method("N2C (pretrained)", config={"steps": 0}, quick=True),
+        Method("LDCT", filter=lambda v, c: v, quick=True, scope="both"),
+        Method("N2C (pretrained)", config={"steps": 0}, quick=True, scope="both"),
         Method("N2C + paper recipe (ensemble, rescale aug.)",
-               config={"pseudo_noise": "paper", "noise_level": "bundle", "augment": "rescale", **raw}, quick=True),
+               config={"pseudo_noise": "paper", "noise_level": "bundle", "augment": "rescale", **raw}, quick=True,
+               scope="ndct"),
         Method("N2C + Ours w/o theta update", config={"teacher_update": False, **raw}),
         Method("N2C + scaled ensemble", config={"pseudo_noise": "scaled", "noise_level": "bundle", **raw}),
         Method("N2C + spectral ensemble", config={"pseudo_noise": "spectral", "noise_level": "bundle", **raw}),
-        Method("N2C + spectral ensemble, input level", config={"pseudo_noise": "spectral", **raw}, quick=True),
-        Method("N2C + synthetic NPS noise, input level", config={**raw}, quick=True),
-        Method("N2C + Ours (shipped default: synthetic, guarded)", config={}, quick=True, steps_curve=True),
+        Method("N2C + spectral ensemble, input level", config={"pseudo_noise": "spectral", **raw}, quick=True,
+               scope="ndct"),
+        Method("N2C + synthetic NPS noise, input level", config={**raw}, quick=True, scope="ndct"),
+        Method("N2C + Ours (shipped default: synthetic, guarded)", config={}, quick=True, steps_curve=True,
+               scope="both"),
         Method("N2C + Gaussian (paper's sigma)", config={"pseudo_noise": "gaussian", "noise_level": "bundle",
                                                          "gaussian_sigma_hu": PAPER_GAUSSIAN_SIGMA_HU, **raw}),
         Method("N2C + Hist", config={"pseudo_noise": "hist", "noise_level": "bundle", **raw}),
         Method("N2C + Model+Hist", config={"pseudo_noise": "model+hist", "noise_level": "bundle", **raw}),
-        Method("N2C + oracle (true independent noise)", config={**raw}, oracle=True, quick=True),
+        Method("N2C + oracle (true independent noise)", config={**raw}, oracle=True, quick=True, scope="ndct"),
         Method("N2N (pretrained)", bundle="n2n", config={"steps": 0}),
         Method("N2N + Ours", bundle="n2n", config={}),
         Method("N2V (pretrained)", bundle="n2v", config={"steps": 0}),
         Method("N2V + Ours", bundle="n2v", config={}),
-        Method("Curvature anisotropic diffusion (SimpleITK)", filter=_anisotropic_diffusion, quick=True),
+        Method("Curvature anisotropic diffusion (SimpleITK)", filter=_anisotropic_diffusion, quick=True, scope="both"),
         Method("Patch-based denoising (SimpleITK)", filter=_patch_based),
-        Method("BM3D with the noise PSD", filter=_bm3d_psd, quick=True),
+        Method("BM3D with the noise PSD", filter=_bm3d_psd, quick=True, scope="both"),
     ]
+
+
+def _in_scope(method: Method, protocol: str, tag: str, tags: Sequence[str], quick: bool) -> bool:
+    if quick and not method.quick:
+        return False
+    if method.scope == "both":
+        return True
+    if protocol != "ndct":
+        return False
+    return method.scope == "ndct" or tag in tags[:2]
 
 
 def _soft_tissue_noise_std(ldct: np.ndarray, ndct: np.ndarray) -> float:
@@ -157,7 +177,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
     curves: List[Dict[str, Any]] = []
     estimator: List[Dict[str, Any]] = []
     nps_ratios: Dict[str, Any] = {}
-    chosen = [m for m in methods() if (m.quick or not quick) and m.bundle in bundles]
+    chosen = [m for m in methods() if m.bundle in bundles]
     for protocol in protocols:
         for tag in tags:
             for key in subjects:
@@ -182,7 +202,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                                                                           base, estimated)
                 uniform = uniform_tissue_mask(reference, max_slices=16)
                 for method in chosen:
-                    if method.oracle and oracle_noise is None:
+                    if (method.oracle and oracle_noise is None) or not _in_scope(method, protocol, tag, tags, quick):
                         continue
                     started = time.perf_counter()
                     curve: List[List[float]] = []
