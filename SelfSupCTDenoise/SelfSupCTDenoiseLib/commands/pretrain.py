@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-model-steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--patch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate, cosine-decayed [1e-4]")
     parser.add_argument("--loss", default="l1", choices=("l1", "l2"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
