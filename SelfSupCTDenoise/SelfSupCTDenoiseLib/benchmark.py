@@ -97,6 +97,8 @@ def methods() -> List[Method]:
         Method("N2C + spectral ensemble", config={"pseudo_noise": "spectral", "noise_level": "bundle", **raw}),
         Method("N2C + spectral ensemble, input level", config={"pseudo_noise": "spectral", **raw}, quick=True,
                scope="ndct"),
+        Method("N2C + synthetic NPS noise, training level", config={"noise_level": "bundle", **raw}, quick=True,
+               scope="ndct"),
         Method("N2C + synthetic NPS noise, input level", config={**raw}, quick=True, scope="ndct"),
         Method("N2C + Ours (shipped default: synthetic, guarded)", config={}, quick=True, steps_curve=True,
                scope="both"),
