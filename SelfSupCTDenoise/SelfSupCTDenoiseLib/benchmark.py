@@ -117,14 +117,33 @@ def methods() -> List[Method]:
     ]
 
 
-def _in_scope(method: Method, protocol: str, tag: str, tags: Sequence[str], quick: bool) -> bool:
+#: Ablation rows run at the training dose and the noisier unseen dose only (CPU budget).
+ABLATION_TAGS = ("d25_hann", "d12_hann")
+
+
+def _in_scope(method: Method, protocol: str, tag: str, quick: bool) -> bool:
     if quick and not method.quick:
         return False
     if method.scope == "both":
         return True
     if protocol != "ndct":
         return False
-    return method.scope == "ndct" or tag in tags[:2]
+    return method.scope == "ndct" or tag in ABLATION_TAGS
+
+
+def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Combine runs made in parallel (e.g. one process per dose) into one result."""
+    merged = {"rows": [], "curves": [], "estimator": [], "nps_ratios": {}, "band_edges": parts[0]["band_edges"],
+              "meta": dict(parts[0]["meta"])}
+    for part in parts:
+        for key in ("rows", "curves", "estimator"):
+            merged[key] += part[key]
+        merged["nps_ratios"].update(part["nps_ratios"])
+    merged["meta"]["tags"] = list(dict.fromkeys(t for p in parts for t in p["meta"]["tags"]))
+    merged["meta"]["protocols"] = list(dict.fromkeys(t for p in parts for t in p["meta"]["protocols"]))
+    merged["meta"]["command"] = "`, then `".join(p["meta"].get("command", "?") for p in parts)
+    merged["meta"]["seconds_per_part"] = [p["meta"].get("seconds") for p in parts]
+    return merged
 
 
 def _soft_tissue_noise_std(ldct: np.ndarray, ndct: np.ndarray) -> float:
@@ -172,6 +191,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
     from .pipeline import denoise_array
     from .quality import hu_shift, method_noise_score, uniform_tissue_mask
 
+    benchmark_start = time.perf_counter()
     manifest = load_manifest(dataset)
     subjects = [s["key"] for s in manifest["subjects"] if s["split"] == "test"]
     base = AdaptConfig(steps=steps)
@@ -204,7 +224,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                                                                           base, estimated)
                 uniform = uniform_tissue_mask(reference, max_slices=16)
                 for method in chosen:
-                    if (method.oracle and oracle_noise is None) or not _in_scope(method, protocol, tag, tags, quick):
+                    if (method.oracle and oracle_noise is None) or not _in_scope(method, protocol, tag, quick):
                         continue
                     started = time.perf_counter()
                     curve: List[List[float]] = []
@@ -240,9 +260,10 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                     log(f"{protocol:5} {tag:10} {key:12} {method.name:52} PSNR soft {row['psnr_soft']:6.2f} "
                         f"SSIM {row['ssim_soft']:.4f}  {elapsed:6.1f} s")
     device = describe_device(resolve_device(base.device))
+    seconds = round(time.perf_counter() - benchmark_start)
     return {"rows": rows, "curves": curves, "estimator": estimator, "nps_ratios": nps_ratios,
             "band_edges": bundles["n2c"].calibration["band_edges"],
-            "meta": {"quick": quick, "steps": steps, "tags": list(tags), "protocols": list(protocols),
+            "meta": {"quick": quick, "steps": steps, "seconds": seconds, "tags": list(tags), "protocols": list(protocols),
                      "subjects": subjects, "device": device, "commit": _git_commit(),
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "bundles": {k: {"path": str(b.path), "sha256": b.sha256, "profile": b.profile.name}
@@ -283,7 +304,7 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
         f"{', '.join(meta['subjects'])}. Raw numbers: `benchmark.json`. Data and simulated doses: `DATA.md`.", "",
         "PSNR/SSIM in the soft-tissue window ([-160, 240] HU, data range 400) and over the full range "
         "([-1024, 3072] HU, data range 4096), averaged per subject, then mean ± std across subjects. "
-        "HU shift: mean-HU change against the reference in uniform regions found on the reference. Method noise: "
+        "HU shift: mean-HU change against the reference over uniform soft tissue of the reference. Method noise: "
         "structure in the removed part (see README; > 0.3 = removes detail). Tags: d25 = quarter dose (the "
         "training dose), d12/d50 = unseen doses, ramlak = another reconstruction filter. Protocol `ndct`: "
         "reference = the real NDCT (noisy itself); `clean`: reference = a BM3D-denoised NDCT with the low dose "

@@ -21,12 +21,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[ndct clean; quick: ndct]")
     parser.add_argument("--steps", type=int, help="adaptation steps [200; quick: 100]")
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--json-only", type=Path, help="write only the raw results here (for --merge)")
+    parser.add_argument("--merge", type=Path, nargs="+",
+                        help="write the report from raw results of runs made in parallel, without running")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import run_benchmark, write_report
+    import json
+
+    from ..benchmark import merge_results, run_benchmark, write_report
     from ..bundle import default_bundle_dir, load_bundle
 
+    if args.merge:
+        results = merge_results([json.loads(p.read_text()) for p in args.merge])
+        command = results["meta"].get("command", "selfsupctdenoise benchmark")
+        print(f"wrote {write_report(results, args.out, command)}")
+        return 0
     bundles = {"n2c": load_bundle(args.bundle or default_bundle_dir("lite"))}
     if args.bundle_n2n:
         bundles["n2n"] = load_bundle(args.bundle_n2n)
@@ -38,5 +48,10 @@ def run(args: argparse.Namespace) -> int:
     results = run_benchmark(args.dataset, bundles, quick=args.quick, tags=tags, protocols=protocols, steps=steps)
     command = "selfsupctdenoise benchmark " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("benchmark") + 1:]) \
         if "benchmark" in sys.argv else "selfsupctdenoise benchmark"
+    results["meta"]["command"] = command
+    if args.json_only:
+        args.json_only.write_text(json.dumps(results))
+        print(f"wrote {args.json_only}")
+        return 0
     print(f"wrote {write_report(results, args.out, command)}")
     return 0
