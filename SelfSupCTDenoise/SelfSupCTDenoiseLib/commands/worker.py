@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 HELP = "internal: run one denoising request for the Slicer module (JSON lines on stdout)"
-#: The CLI may leave this subcommand out of its help listing.
-HIDDEN = True
 
 REQUEST_FORMAT = "selfsupctdenoise-worker-request"
 REQUEST_VERSION = 1

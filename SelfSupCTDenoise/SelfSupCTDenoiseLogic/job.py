@@ -1,0 +1,196 @@
+"""One denoising run seen from the scene: input node -> worker process -> output nodes.
+
+The scene is touched only when the worker has finished and both result files have been read:
+a cancelled or failed run leaves the scene exactly as it was. All methods run on the main thread;
+`poll()` is called from a GUI timer (or by `waitForCompletion()` in scripts).
+"""
+
+import logging
+import time
+from typing import Any, Callable, Dict, Optional
+
+from . import nodes
+from .runner import RunResult, RunState, WorkerRunner
+from .status import ProgressTracker
+
+logger = logging.getLogger(__name__)
+
+
+class DenoiseJob:
+    """Args:
+        inputVolume: CT volume node (checked with `nodes.validateInputVolume`).
+        config: engine config dict (see `settings.buildConfig`).
+        bundlePath: model bundle folder (None: the engine's default).
+        outputVolume: node to fill with the result; None creates "<input> denoised".
+        noiseMapVolume: node for the noise map; None with `createNoiseMap` creates "<input> noise map".
+        runner: the `WorkerRunner` to use (tests inject one running a fake worker).
+        forceCpu: hide every GPU from the worker.
+        onProgress: called with the `ProgressTracker` after each batch of progress events.
+        onFinished: called with this job once it has finished, whatever the outcome.
+    """
+
+    def __init__(self, inputVolume, config: Dict[str, Any], bundlePath=None, outputVolume=None,
+                 noiseMapVolume=None, createNoiseMap: bool = True, runner: Optional[WorkerRunner] = None,
+                 forceCpu: bool = False, onProgress: Optional[Callable] = None,
+                 onFinished: Optional[Callable] = None):
+        self.inputVolume = inputVolume
+        self.config = dict(config)
+        self.bundlePath = bundlePath
+        self.requestedOutput = outputVolume
+        self.requestedNoiseMap = noiseMapVolume
+        self.wantNoiseMap = bool(createNoiseMap or noiseMapVolume is not None)
+        self.runner = runner or WorkerRunner()
+        self.forceCpu = forceCpu
+        self.onProgress, self.onFinished = onProgress, onFinished
+        self.state = RunState.IDLE
+        self.result: Optional[RunResult] = None
+        self.message = ""
+        self.outputVolume = None
+        self.noiseMapVolume = None
+        self.noiseHalfWindow = 0.0
+        self.tracker: Optional[ProgressTracker] = None
+        self.geometry: Optional[nodes.VolumeGeometry] = None
+        self._scene = None
+
+    # -- starting --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the inputs, write the input file and launch the worker. Raises ValueError (with a
+        message for the user) before anything starts; the scene is not modified."""
+        nodes.validateInputVolume(self.inputVolume)
+        self._scene = self.inputVolume.GetScene()
+        if self._scene is None:
+            raise nodes.InputVolumeError("The input volume is not in a scene.")
+        for node in (self.requestedOutput, self.requestedNoiseMap):
+            if node is not None and node is self.inputVolume:
+                raise nodes.InputVolumeError("The output is the input volume: choose another output or "
+                                             "'Create new volume' (the input is never overwritten).")
+        if (self.requestedOutput is not None and self.requestedOutput is self.requestedNoiseMap):
+            raise nodes.InputVolumeError("The denoised volume and the noise map must be different nodes.")
+        self.geometry = nodes.captureGeometry(self.inputVolume)
+        self.tracker = ProgressTracker(self.geometry.arrayShape[0], int(self.config.get("steps", 0)))
+        try:
+            self.runner.createWorkDir()
+            nodes.writeVolumeFile(self.inputVolume, self.runner.inputPath)
+            self.runner.start(self.config, self.bundlePath, noiseMap=self.wantNoiseMap, forceCpu=self.forceCpu,
+                              loadResults=self._readResults)
+        except BaseException:
+            self.runner.cleanup()
+            raise
+        self.state = RunState.RUNNING
+        logger.info("SelfSupCTDenoise started on '%s' (worker pid %s, config %s, bundle %s)",
+                    self.inputVolume.GetName(), self.runner.pid, self.config, self.bundlePath)
+
+    # -- following -------------------------------------------------------------------------------
+    def poll(self) -> bool:
+        """Handle what the worker said since the last call; import the result when it is done.
+        Returns True while the job is still running."""
+        if self.state.finished or self.state is RunState.IDLE:
+            return False
+        runnerState = self.runner.state
+        sawProgress = False
+        for message in self.runner.poll():
+            if message["event"] == "progress":
+                self.tracker.update(message["progressEvent"], message.get("receivedAt"))
+                sawProgress = True
+        if sawProgress and self.onProgress is not None:
+            self.onProgress(self.tracker)
+        if not runnerState.finished:
+            return True
+        self._finish(self.runner.result)
+        return False
+
+    def cancel(self) -> bool:
+        """Stop the worker; no node is created or changed. Returns False if not running."""
+        if self.state.finished or self.state is RunState.IDLE:
+            return False
+        self.runner.cancel()
+        # Decided here, whatever the worker does next: a cancelled job never imports.
+        self._finish(RunResult(RunState.CANCELLED, message="Cancelled by the user; nothing was created.",
+                               elapsedS=self.tracker.elapsed if self.tracker else 0.0))
+        return True
+
+    def waitForCompletion(self, timeout: Optional[float] = None, processEvents: Optional[Callable] = None,
+                          interval: float = 0.05) -> RunState:
+        """Poll until finished (scripts, tests). `processEvents` (e.g. slicer.app.processEvents) keeps a
+        GUI alive meanwhile. On timeout the run is cancelled and TimeoutError raised."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"Denoising did not finish within {timeout} s; it was cancelled.")
+            if processEvents is not None:
+                processEvents()
+            time.sleep(interval)
+        return self.state
+
+    # -- finishing -------------------------------------------------------------------------------
+    def _finish(self, result: RunResult) -> None:
+        if result.state is RunState.COMPLETED:
+            try:
+                self._importResults(result.info)
+            except Exception as exc:  # noqa: BLE001 - reported to the user, never half-imported
+                logger.exception("Importing the SelfSupCTDenoise result failed")
+                result = RunResult(RunState.FAILED, info=result.info, errorKind="import",
+                                   message=f"Could not create the output volumes: {exc}", elapsedS=result.elapsedS)
+        self.result = result
+        self.state = result.state
+        self.message = result.message
+        self.runner.cleanup(wait=False)  # never blocks: a cancelled tree is removed in the background
+        if result.state is RunState.COMPLETED:
+            logger.info("SelfSupCTDenoise finished in %.1f s: %s", self.tracker.elapsed if self.tracker else 0.0,
+                        result.info)
+        elif result.state is RunState.FAILED:
+            logger.error("SelfSupCTDenoise failed (%s): %s", result.errorKind, result.message)
+            for line in self.runner.logTail:
+                logger.info("[worker] %s", line)
+        if self.onFinished is not None:
+            self.onFinished(self)
+
+    def _readResults(self, runner: WorkerRunner) -> tuple:
+        """Runs in the runner's reader thread: decompressing the result files can take seconds for a
+        large volume, and must not freeze the GUI. Touches no node."""
+        denoised = nodes.readVolumeArray(runner.outputPath)
+        noise = nodes.readVolumeArray(runner.noiseMapPath) if self.wantNoiseMap else None
+        return denoised, noise
+
+    def _importResults(self, info: Dict[str, Any]) -> None:
+        if self.inputVolume.GetScene() is not self._scene:
+            raise ValueError("the input volume was removed from the scene during the run")
+        if self.tracker is not None:
+            self.tracker.setImporting()
+            if self.onProgress is not None:
+                self.onProgress(self.tracker)
+        # Everything is read (in the reader thread) before the scene is touched.
+        denoised, noise = self.runner.loadedResults or self._readResults(self.runner)
+        for name, array in (("denoised volume", denoised), ("noise map", noise)):
+            if array is not None and tuple(array.shape) != self.geometry.arrayShape:
+                raise ValueError(f"the {name} has shape {array.shape}, the input {self.geometry.arrayShape}")
+        denoisedName, noiseName = nodes.outputNames(self.inputVolume.GetName())
+        created = []
+        try:
+            self._scene.StartState(self._scene.BatchProcessState)  # one GUI refresh for all changes
+            try:
+                output = nodes.createOutputVolume(self._scene, denoisedName, denoised, self.geometry,
+                                                  self.requestedOutput)
+                if output is not self.requestedOutput:
+                    created.append(output)
+                nodes.copyWindowLevel(self.inputVolume, output)
+                nodes.setProvenance(output, "denoised", self.inputVolume, info)
+                nodes.placeNextTo(output, self.inputVolume)
+                noiseNode = None
+                if noise is not None:
+                    noiseNode = nodes.createOutputVolume(self._scene, noiseName, noise, self.geometry,
+                                                         self.requestedNoiseMap)
+                    if noiseNode is not self.requestedNoiseMap:
+                        created.append(noiseNode)
+                    self.noiseHalfWindow = nodes.noiseMapHalfWindow(noise)
+                    nodes.setNoiseMapDisplay(noiseNode, self.noiseHalfWindow)
+                    nodes.setProvenance(noiseNode, "noise map", self.inputVolume, info)
+                    nodes.placeNextTo(noiseNode, self.inputVolume)
+            finally:
+                self._scene.EndState(self._scene.BatchProcessState)
+        except BaseException:
+            for node in created:
+                self._scene.RemoveNode(node)
+            raise
+        self.outputVolume, self.noiseMapVolume = output, noiseNode

@@ -1,0 +1,613 @@
+"""The module's node-level logic on real MRML scenes and volume nodes (the `slicer-core` wheel), without
+the Slicer application: input checks, output nodes and names, exact geometry (oblique, flipped),
+subject hierarchy, provenance, cancel and failure leaving the scene unchanged, and the consistency of
+parameter node, panel (.ui), engine config and CMake file lists."""
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "SelfSupCTDenoise"
+sys.path.insert(0, str(MODULE_DIR))
+
+slicer = pytest.importorskip("slicer")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("slicer-core is not installed", allow_module_level=True)
+
+from SelfSupCTDenoiseLib.errors import InputError  # noqa: E402
+from SelfSupCTDenoiseLib.progress import ProgressEvent  # noqa: E402
+from SelfSupCTDenoiseLogic import nodes, settings  # noqa: E402
+from SelfSupCTDenoiseLogic.job import DenoiseJob  # noqa: E402
+from SelfSupCTDenoiseLogic.runner import RunState, WorkerRunner  # noqa: E402
+from SelfSupCTDenoiseLogic.status import ProgressTracker  # noqa: E402
+
+from test_runner import FAKE_WORKER  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene  # slicer.util's array helpers use the global scene
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture
+def fake_worker(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fake") / "fake_worker.py"
+    path.write_text(FAKE_WORKER)
+    return path
+
+
+def ct_array(shape=(4, 24, 20), seed=0):
+    """Synthetic CT in HU: air around a soft-tissue body with a bright insert, plus noise."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    body = ((y - shape[1] / 2) ** 2 + (x - shape[2] / 2) ** 2) < (0.4 * min(shape[1:])) ** 2
+    array = np.where(body, 40.0, -1000.0) + 300.0 * ((x < 6) & body) + rng.normal(0, 20, shape)
+    return np.round(array).astype(np.int16)
+
+
+def oblique_matrix(flip=False):
+    """IJK->RAS with rotated axes, unequal spacing, an offset origin; `flip` makes it left-handed."""
+    angle = np.deg2rad(23.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    tilt = np.deg2rad(11.0)
+    rotation = rotation @ np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    spacing = np.diag([0.71, 0.83, 2.5])
+    if flip:
+        spacing = spacing @ np.diag([-1.0, 1.0, -1.0]) @ np.diag([1.0, -1.0, 1.0])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ spacing
+    matrix[:3, 3] = [-12.5, 30.25, 101.0]
+    return matrix
+
+
+def add_volume(scene, array, matrix=None, name="LDCT", className="vtkMRMLScalarVolumeNode"):
+    return slicer.util.addVolumeFromArray(array, ijkToRAS=matrix, name=name, nodeClassName=className)
+
+
+def make_job(fake_worker, tmp_path, input_node, mode="ok", config=None, **kwargs):
+    env = dict(os.environ, FAKE_MODE=mode)
+    runner = WorkerRunner(command=[sys.executable, str(fake_worker)], environment=env, tempRoot=str(tmp_path))
+    return DenoiseJob(input_node, config or {"steps": 3}, runner=runner, **kwargs)
+
+
+def ijk_to_ras(node):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+# -- input checks -----------------------------------------------------------------------------
+
+def test_output_names_follow_the_input():
+    assert nodes.outputNames("CT chest") == ("CT chest denoised", "CT chest noise map")
+
+
+def test_a_ct_volume_passes_validation(scene):
+    nodes.validateInputVolume(add_volume(scene, ct_array()))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("none", "Select an input"),
+    ("labelmap", "label map"),
+    ("vector", "vector or colour"),
+    ("single_slice", "2D image"),
+    ("thin", "2D image"),
+    ("nan", "NaN"),
+    ("not_ct", "Hounsfield"),
+    ("segmentation_values", "label map"),
+])
+def test_bad_inputs_give_clear_errors(scene, case, expected):
+    if case == "none":
+        node = None
+    elif case == "labelmap":
+        node = add_volume(scene, (ct_array() > 0).astype(np.int16), className="vtkMRMLLabelMapVolumeNode")
+    elif case == "vector":
+        node = add_volume(scene, np.zeros((4, 24, 20, 3), np.uint8), className="vtkMRMLVectorVolumeNode")
+    elif case == "single_slice":
+        node = add_volume(scene, ct_array((1, 24, 20)))
+    elif case == "thin":
+        node = add_volume(scene, ct_array((4, 24, 8)))
+    elif case == "nan":
+        array = ct_array().astype(np.float32)
+        array[1, 2, 3] = np.nan
+        node = add_volume(scene, array)
+    elif case == "not_ct":
+        node = add_volume(scene, np.random.default_rng(0).uniform(0, 1, (4, 24, 20)).astype(np.float32))
+    else:
+        node = add_volume(scene, np.random.default_rng(0).integers(0, 5, (4, 24, 20)).astype(np.int16))
+    with pytest.raises(nodes.InputVolumeError, match=expected) as info:
+        nodes.validateInputVolume(node)
+    assert "Traceback" not in str(info.value)
+
+
+# -- runs with a fake worker --------------------------------------------------------------------
+
+@pytest.mark.parametrize("flip", [False, True], ids=["oblique", "oblique-flipped"])
+def test_outputs_copy_the_input_geometry_exactly(scene, fake_worker, tmp_path, flip):
+    array = ct_array()
+    matrix = oblique_matrix(flip)
+    assert (np.linalg.det(matrix[:3, :3]) < 0) == flip
+    input_node = add_volume(scene, array, matrix)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "patient table")
+    input_node.SetAndObserveTransformNodeID(transform.GetID())
+    job = make_job(fake_worker, tmp_path, input_node)
+    job.start()
+    assert job.waitForCompletion(30) is RunState.COMPLETED, job.message
+    for output in (job.outputVolume, job.noiseMapVolume):
+        assert np.array_equal(ijk_to_ras(output), ijk_to_ras(input_node))  # exact, not approximately
+        assert output.GetTransformNodeID() == transform.GetID()
+        assert output.GetImageData().GetDimensions() == input_node.GetImageData().GetDimensions()
+    # The fake worker returns input - 10: any axis swap or flip would break the equality.
+    assert np.array_equal(slicer.util.arrayFromVolume(job.outputVolume), array - 10)
+    assert slicer.util.arrayFromVolume(job.outputVolume).dtype == array.dtype
+    assert np.all(slicer.util.arrayFromVolume(job.noiseMapVolume) == 10)
+    assert np.array_equal(slicer.util.arrayFromVolume(input_node), array)  # input untouched
+
+
+def test_new_output_nodes_are_named_placed_and_annotated(scene, fake_worker, tmp_path):
+    input_node = add_volume(scene, ct_array(), name="Chest LDCT")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1"), "Study 1")
+    sh.CreateItem(study, input_node)
+    job = make_job(fake_worker, tmp_path, input_node, config={"steps": 3, "seed": 7})
+    job.start()
+    assert job.waitForCompletion(30) is RunState.COMPLETED
+    assert job.outputVolume.GetName() == "Chest LDCT denoised"
+    assert job.noiseMapVolume.GetName() == "Chest LDCT noise map"
+    for node, role in ((job.outputVolume, "denoised"), (job.noiseMapVolume, "noise map")):
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+        assert node.GetAttribute("SelfSupCTDenoise_role") == role
+        assert node.GetAttribute("SelfSupCTDenoise_input_node_id") == input_node.GetID()
+        assert node.GetAttribute("SelfSupCTDenoise_parameters.seed") == "7"  # the engine's NRRD field names
+        provenance = nodes.readProvenance(node)
+        assert provenance["parameters"] == {"steps": 3, "seed": 7} and provenance["bundle"]["name"] == "fake"
+        assert "not for diagnosis" in node.GetDescription()
+    noise_display = job.noiseMapVolume.GetDisplayNode()
+    assert noise_display.GetLevel() == 0.0 and noise_display.GetWindow() == pytest.approx(2 * job.noiseHalfWindow)
+    assert not job.runner.workDir.exists()
+
+
+def test_second_run_gets_unique_names_and_an_existing_output_is_reused(scene, fake_worker, tmp_path):
+    input_node = add_volume(scene, ct_array(), name="CT")
+    first = make_job(fake_worker, tmp_path, input_node, createNoiseMap=False)
+    first.start()
+    first.waitForCompletion(30)
+    assert first.noiseMapVolume is None and first.outputVolume.GetName() == "CT denoised"
+    second = make_job(fake_worker, tmp_path, input_node, createNoiseMap=False)
+    second.start()
+    second.waitForCompletion(30)
+    assert second.outputVolume.GetName() != "CT denoised"
+    count = scene.GetNumberOfNodes()
+    third = make_job(fake_worker, tmp_path, input_node, outputVolume=first.outputVolume, createNoiseMap=False)
+    third.start()
+    third.waitForCompletion(30)
+    assert third.outputVolume is first.outputVolume and scene.GetNumberOfNodes() == count
+
+
+def test_output_equal_to_input_is_refused(scene, fake_worker, tmp_path):
+    input_node = add_volume(scene, ct_array())
+    job = make_job(fake_worker, tmp_path, input_node, outputVolume=input_node)
+    with pytest.raises(nodes.InputVolumeError, match="never overwritten"):
+        job.start()
+
+
+@pytest.mark.parametrize("mode", ["slow", "error", "crash"])
+def test_cancel_or_failure_leaves_the_scene_unchanged(scene, fake_worker, tmp_path, mode):
+    input_node = add_volume(scene, ct_array(), name="CT")
+    existing_output = add_volume(scene, np.zeros((4, 24, 20), np.int16), name="previous result")
+    before_nodes = nodes.sceneSnapshot(scene)
+    before_input = slicer.util.arrayFromVolume(input_node).copy()
+    finished = []
+    job = make_job(fake_worker, tmp_path, input_node, mode, outputVolume=existing_output,
+                   onFinished=finished.append)
+    job.start()
+    if mode == "slow":
+        deadline = time.monotonic() + 20
+        while job.tracker.lastEvent is None and time.monotonic() < deadline:
+            job.poll()
+            time.sleep(0.01)
+        start = time.monotonic()
+        assert job.cancel()
+        assert job.state is RunState.CANCELLED and time.monotonic() - start < 0.2
+        job.runner.waitForCompletion(5)
+        assert time.monotonic() - start < 2.0
+        assert job.poll() is False
+    else:
+        assert job.waitForCompletion(30) is RunState.FAILED
+        assert job.message and "Traceback" not in job.message
+    assert finished == [job]
+    assert nodes.sceneSnapshot(scene) == before_nodes
+    assert np.array_equal(slicer.util.arrayFromVolume(input_node), before_input)
+    assert not np.any(slicer.util.arrayFromVolume(existing_output))
+    assert job.outputVolume is None and job.noiseMapVolume is None
+    assert not job.runner.workDir.exists()
+
+
+def _pipeline_available():
+    try:
+        from SelfSupCTDenoiseLib.pipeline import denoise_file  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _pipeline_available(), reason="engine pipeline not importable")
+def test_real_engine_from_node_to_nodes_keeps_geometry_and_hu(scene, tmp_path, tiny_bundle):
+    from SelfSupCTDenoiseLib.phantom import noisy_pair
+
+    ldct, _ = noisy_pair(4, 48, 30.0, seed=5)
+    array = np.round(ldct).astype(np.int16)
+    input_node = add_volume(scene, array, oblique_matrix(flip=True), name="phantom")
+    runner = WorkerRunner(pythonPath=[str(MODULE_DIR)], tempRoot=str(tmp_path))
+    config = settings.buildConfig(steps=4, period=2, learningRate=1e-4, batchSize=4, seed=0, device="cpu",
+                                  strength=1.0, patch_size=32)
+    job = DenoiseJob(input_node, config, bundlePath=str(tiny_bundle.path), runner=runner, forceCpu=True)
+    job.start()
+    assert job.waitForCompletion(180) is RunState.COMPLETED, job.message
+    denoised = slicer.util.arrayFromVolume(job.outputVolume)
+    noise = slicer.util.arrayFromVolume(job.noiseMapVolume)
+    assert np.array_equal(ijk_to_ras(job.outputVolume), ijk_to_ras(input_node))
+    assert denoised.shape == array.shape and denoised.dtype == array.dtype
+    assert np.allclose(array.astype(np.float32) - denoised, noise, atol=1.0)  # noise map = input - output
+    assert abs(float(denoised.mean()) - float(array.mean())) < 10.0
+    assert np.array_equal(slicer.util.arrayFromVolume(input_node), array)
+    assert nodes.readProvenance(job.outputVolume)["bundle"]["sha256"] == tiny_bundle.sha256
+
+
+def test_input_removed_during_the_run_creates_nothing(scene, fake_worker, tmp_path):
+    input_node = add_volume(scene, ct_array())
+    job = make_job(fake_worker, tmp_path, input_node)
+    job.start()
+    scene.RemoveNode(input_node)
+    before = nodes.sceneSnapshot(scene)
+    assert job.waitForCompletion(30) is RunState.FAILED and "removed" in job.message
+    assert nodes.sceneSnapshot(scene) == before
+
+
+def test_progress_callback_sees_monotonic_percentages(scene, fake_worker, tmp_path):
+    seen = []
+    input_node = add_volume(scene, ct_array())
+    job = make_job(fake_worker, tmp_path, input_node, onProgress=lambda t: seen.append(t.percent))
+    job.start()
+    job.waitForCompletion(30)
+    assert seen == sorted(seen) and seen[-1] == 99 and len(seen) >= 2
+
+
+# -- settings, estimates, progress ----------------------------------------------------------------
+
+def test_build_config_validates_through_the_engine():
+    config = settings.buildConfig(steps=100, period=10, learningRate=1e-4, batchSize=8, seed=3, device="cpu",
+                                  strength=0.75, pretrainedOnly=True)
+    assert config["steps"] == 0 and config["strength"] == 0.75 and config["device"] == "cpu"
+    with pytest.raises(InputError, match="period"):
+        settings.buildConfig(steps=10, period=0, learningRate=1e-4, batchSize=8, seed=0, device="auto", strength=1)
+
+
+def test_bundle_resolution_prefers_the_full_model_on_cuda(tmp_path):
+    for name in ("lite", "paper"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+    (tmp_path / "not-a-bundle").mkdir()
+    assert settings.bundleChoices(tmp_path) == ["auto", "lite", "paper"]
+    assert settings.resolveBundle("auto", True, folder=tmp_path).name == "paper"
+    assert settings.resolveBundle("auto", False, folder=tmp_path).name == "lite"
+    assert settings.resolveBundle("paper", False, folder=tmp_path).name == "paper"
+    assert settings.resolveBundle("auto", False, customPath=str(tmp_path / "paper"), folder=tmp_path).name == "paper"
+    with pytest.raises(ValueError, match="not a model bundle"):
+        settings.resolveBundle("auto", False, customPath=str(tmp_path / "not-a-bundle"), folder=tmp_path)
+    with pytest.raises(ValueError, match="not found"):
+        settings.resolveBundle("huge", False, folder=tmp_path)
+
+
+def test_device_description_without_gpu():
+    assert "No CUDA GPU" in settings.describeDevice("auto", [])
+    assert "CUDA requested" in settings.describeDevice("cuda", [])
+    gpu = settings.GpuInfo("NVIDIA Test", 8192)
+    assert "NVIDIA Test, 8 GB" in settings.describeDevice("auto", [gpu])
+    assert settings.willUseCuda("auto", [gpu]) and not settings.willUseCuda("cpu", [gpu])
+
+
+def test_time_estimate_grows_with_work_and_uses_local_measurements():
+    config = {"steps": 200, "batch_size": 16, "patch_size": 64}
+    small = settings.estimateTime((40, 512, 512), config, "lite", False)
+    large = settings.estimateTime((200, 512, 512), config, "lite", False)
+    quick = settings.estimateTime((40, 512, 512), dict(config, steps=0), "lite", False)
+    assert quick.seconds < small.seconds < large.seconds
+    assert "2-core" in small.basis
+    local = settings.estimateTime((40, 512, 512), config, "lite", False,
+                                  costs={"stepS": 0.1, "sliceS": 0.2, "noiseSliceS": 0.05, "startupS": 1.0})
+    assert local.basis == "measured on this computer" and local.seconds < small.seconds
+    assert settings.formatDuration(59) == "59 s" and settings.formatDuration(125) == "2 min 05 s"
+
+
+def test_progress_tracker_maps_phases_and_measures_them():
+    now = [0.0]
+    tracker = ProgressTracker(numSlices=10, steps=4, clock=lambda: now[0])
+    events = [ProgressEvent("loading"), ProgressEvent("noise", 0, 4), ProgressEvent("noise", 4, 4),
+              ProgressEvent("adapt", 0, 4), ProgressEvent("adapt", 4, 4, loss=0.1),
+              ProgressEvent("infer", 0, 6), ProgressEvent("infer", 6, 6),  # the guard's short check
+              ProgressEvent("infer", 0, 10), ProgressEvent("infer", 10, 10), ProgressEvent("writing")]
+    percents = []
+    for event in events:
+        now[0] += 1.0
+        tracker.update(event)
+        percents.append(tracker.percent)
+    assert percents == sorted(percents) and percents[-1] == 96
+    assert tracker.phaseKey(ProgressEvent("infer", 1, 6)) == "guard"
+    assert "Adapting" in ProgressEvent("adapt", 2, 4).describe()
+    costs = tracker.measuredCosts((10, 512, 512), {"steps": 4, "batch_size": 16}, 1, totalSeconds=20.0)
+    assert costs["stepS"] == pytest.approx(0.25) and costs["sliceS"] == pytest.approx(0.1)
+    assert costs["startupS"] == pytest.approx(20.0 - 1 - 1 - 1 - 1)  # total minus the timed phases
+
+
+def test_layout_xml_has_three_linked_axial_views_and_is_skipped_headless(scene):
+    root = ET.fromstring(nodes.threeViewLayoutXml())
+    views = root.findall("./item/view")
+    assert [v.get("singletontag") for v in views] == ["Red", "Yellow", "Green"]
+    assert all(v.find("property[@name='orientation']").text == "Axial" for v in views)
+    node = add_volume(scene, ct_array())
+    assert nodes.showThreeViews(node, node, node) is False
+
+
+# -- the module file, panel and packaging agree --------------------------------------------------
+
+def module_tree():
+    return ast.parse((MODULE_DIR / "SelfSupCTDenoise.py").read_text())
+
+
+def parameter_fields():
+    for node in module_tree().body:
+        if isinstance(node, ast.ClassDef) and node.name == "SelfSupCTDenoiseParameterNode":
+            return [s.target.id for s in node.body if isinstance(s, ast.AnnAssign)]
+    raise AssertionError("no parameter node class")
+
+
+def test_every_parameter_has_a_bound_widget_in_the_ui():
+    ui = ET.parse(MODULE_DIR / "Resources" / "UI" / "SelfSupCTDenoise.ui")
+    bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
+    assert set(parameter_fields()) == bound
+
+
+def test_module_file_imports_no_torch_or_engine_pipeline_at_load():
+    for node in module_tree().body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+            assert not any(n.split(".")[0] == "torch" or "pipeline" in n for n in names), names
+
+
+def test_logic_package_imports_without_torch_or_application():
+    code = ("import sys; import SelfSupCTDenoiseLogic.job, SelfSupCTDenoiseLogic.settings, "
+            "SelfSupCTDenoiseLogic.status, SelfSupCTDenoiseLib.commands.worker; "
+            "bad = [m for m in ('torch', 'qt', 'ctk') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_cmake_lists_every_shipped_file():
+    """A file missing from the module's CMakeLists works from the source tree but is missing from the
+    installed extension."""
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "SelfSupCTDenoise")
+    listed = set(re.findall(r"^\s+([\w./-]+\.[\w.]+)\s*$", cmake, re.MULTILINE))
+    shipped = set()
+    for package in ("SelfSupCTDenoiseLib", "SelfSupCTDenoiseLogic"):
+        shipped |= {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / package).rglob("*.py")}
+    for folder in ("UI", "Icons", "Models", "Sample"):
+        base = MODULE_DIR / "Resources" / folder
+        if base.is_dir():
+            shipped |= {str(p.relative_to(MODULE_DIR)) for p in base.rglob("*") if p.is_file()}
+    shipped = {s for s in shipped if "__pycache__" not in s}
+    missing = sorted(shipped - listed)
+    assert not missing, f"not listed in SelfSupCTDenoise/CMakeLists.txt: {missing}"
+    stale = sorted(s for s in listed if s.startswith(("SelfSupCTDenoiseL", "Resources/"))
+                   and not (MODULE_DIR / s).exists())
+    assert not stale, f"listed in CMakeLists.txt but missing: {stale}"
+
+
+# -- the module file's Logic, with the application's Python pieces stubbed ------------------------
+
+def _stub_application(monkeypatch):
+    """Minimal stand-ins for what the Slicer application adds to `slicer` (ScriptedLoadableModule,
+    parameterNodeWrapper, i18n, app) and for `qt`; enough to import the module file and drive its
+    Logic. The MRML scene and nodes stay the real ones from slicer-core."""
+    import types
+
+    base = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModuleLogic:
+        def getParameterNode(self):
+            return scene_parameter_node
+
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest"):
+        setattr(base, name, type(name, (), {}))
+    base.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
+    scene_parameter_node = slicer.vtkMRMLScriptedModuleNode()
+
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    for name in ("Choice", "WithinRange", "Decimals", "SingleStep"):
+        setattr(wrapper, name, type(name, (), {"__init__": lambda self, *args: setattr(self, "args", args)}))
+
+    def parameterNodeWrapper(cls):
+        def init(self, node=None):
+            for field in cls.__annotations__:
+                setattr(self, field, getattr(cls, field, None))
+        return type(cls.__name__, (), {"__init__": init, "__annotations__": cls.__annotations__})
+    wrapper.parameterNodeWrapper = parameterNodeWrapper
+
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+
+    qt = types.ModuleType("qt")
+    store = {}
+    qt.QSettings = type("QSettings", (), {"value": lambda self, key, default=None: store.get(key, default),
+                                          "setValue": lambda self, key, value: store.__setitem__(key, value)})
+    qt.QTimer = type("QTimer", (), {})
+
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", base)
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
+    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: None), raising=False)
+    return store
+
+
+def test_module_logic_runs_from_parameter_node_to_output_nodes(scene, fake_worker, tmp_path, monkeypatch):
+    import importlib.util
+
+    store = _stub_application(monkeypatch)
+    models = tmp_path / "Models"
+    (models / "lite").mkdir(parents=True)
+    (models / "lite" / "manifest.json").write_text(json.dumps(
+        {"profile": {"name": "lite"}, "files": {"noise_models": [{}, {}, {}]}}))
+    monkeypatch.setattr(settings, "modelsDir", lambda: models)
+    spec = importlib.util.spec_from_file_location("SelfSupCTDenoiseModule", MODULE_DIR / "SelfSupCTDenoise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    logic = module.SelfSupCTDenoiseLogic()
+    logic.gpus = []
+    env = dict(os.environ, FAKE_MODE="ok")
+    monkeypatch.setattr(logic, "createRunner", lambda: WorkerRunner(
+        command=[sys.executable, str(fake_worker)], environment=env, tempRoot=str(tmp_path)))
+    params = module.SelfSupCTDenoiseParameterNode()
+    params.inputVolume = add_volume(scene, ct_array(), name="CT")
+    params.strength, params.steps, params.seed = 0.5, 7, 11
+    assert "Estimated time: about" in logic.estimateText(params)
+    job = logic.processWithParameters(params, waitForCompletion=True, timeout=30)
+    assert job.state is RunState.COMPLETED, job.message
+    assert job.outputVolume.GetName() == "CT denoised" and job.noiseMapVolume.GetName() == "CT noise map"
+    assert job.config["strength"] == 0.5 and job.config["steps"] == 7 and job.config["seed"] == 11
+    assert job.bundlePath == str(models / "lite") and job.forceCpu is False
+    recorded = json.loads(store[module.SelfSupCTDenoiseLogic.SETTINGS_KEY])["lite/cpu"]
+    assert recorded["startupS"] >= 0 and "sliceS" in recorded
+    assert "measured on this computer" in logic.estimateText(params)
+
+    # Scripting with engine field names, pretrained only, no noise map.
+    job = logic.process(params.inputVolume, createNoiseMap=False, config={"steps": 0, "batch_size": 4})
+    assert job.state is RunState.COMPLETED and job.noiseMapVolume is None and job.config["batch_size"] == 4
+    with pytest.raises(InputError):
+        logic.process(params.inputVolume, config={"strength": 2.0})
+
+
+def test_extension_metadata_passes_the_index_checks_offline():
+    """What the Extensions Index validation script checks, without the network: catalog JSON keys,
+    project name = catalog file name, icon and screenshot URLs point at files of this repository."""
+    catalog = json.loads((ROOT / "SelfSupCTDenoise.json").read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "build_subdirectory", "enabled", "tier"}
+    assert {"$schema", "category", "scm_url"} <= set(catalog) <= allowed
+    assert catalog["category"] == "Filtering" and catalog["build_dependencies"] == ["PyTorch"]
+    assert catalog["scm_url"].startswith("https://")
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert re.findall(r"project\s*\(\s*([^\s\)]+)", cmake)[0] == "SelfSupCTDenoise"
+    assert not "SelfSupCTDenoise".lower().startswith("slicer")
+    assert re.search(r'set\(EXTENSION_DEPENDS "PyTorch"\)', cmake)
+    icon = re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', cmake)[0]
+    shots = re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake)[0].split()
+    for url in [icon] + shots:
+        assert url.startswith("https://raw.githubusercontent.com/") and "/main/" in url
+        local = ROOT / url.split("/main/", 1)[1]
+        assert local.is_file() and local.suffix == ".png", url
+    from PIL import Image
+    assert Image.open(ROOT / icon.split("/main/", 1)[1]).size == (128, 128)
+    assert "Apache License" in (ROOT / "LICENSE.txt").read_text()[:200]
+
+
+def test_dependency_checks_read_metadata_only():
+    from SelfSupCTDenoiseLogic import dependencies
+
+    assert dependencies.satisfies("2.13.0+cpu", ">=2.1") and not dependencies.satisfies("2.0.1", ">=2.1")
+    assert dependencies.missingRequirements(["numpy>=1.0", "no-such-package-xyz>=1"]) == ["no-such-package-xyz>=1"]
+    assert dependencies.torchMissing() is None  # CI installs torch
+    assert dependencies.missingRequirements(dependencies.SLICER_REQUIREMENTS + dependencies.PIP_REQUIREMENTS) == []
+
+
+def test_dependency_installation_paths_give_clear_messages(monkeypatch):
+    """torch through PyTorchUtils, other packages after a confirmation; no real installation here."""
+    import types
+
+    from SelfSupCTDenoiseLogic import dependencies
+
+    calls = []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *a, **k: calls.append("confirm") or False,
+                        raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda req: calls.append(("pip", req)), raising=False)
+    real_version = dependencies.installedVersion
+    monkeypatch.setattr(dependencies, "installedVersion",
+                        lambda name: None if name in ("torch", "scipy") else real_version(name))
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    with pytest.raises(dependencies.DependencyError, match="install 'PyTorch' from the Extensions Manager"):
+        dependencies.ensureDependencies()
+
+    class Logic:
+        def installTorch(self, askConfirmation, torchVersionRequirement):
+            calls.append(("installTorch", askConfirmation, torchVersionRequirement))
+            return None  # the user said no
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=Logic))
+    with pytest.raises(dependencies.DependencyError, match="PyTorch was not installed"):
+        dependencies.ensureDependencies()
+    assert ("installTorch", True, ">=2.1") in calls
+
+    monkeypatch.setattr(dependencies, "installedVersion",
+                        lambda name: None if name == "scipy" else real_version(name))
+    with pytest.raises(dependencies.DependencyError, match="declined"):
+        dependencies.ensureDependencies()
+    assert "confirm" in calls and not any(c[0] == "pip" for c in calls if isinstance(c, tuple))
+
+
+def test_estimate_knows_which_pseudo_noise_kinds_run_the_noise_models():
+    from SelfSupCTDenoiseLib.pseudo import MODEL_KINDS
+
+    assert set(settings.MODEL_NOISE_KINDS) == set(MODEL_KINDS)
+
+
+@pytest.mark.skipif(not _pipeline_available() or not (MODULE_DIR / "Resources" / "Models").is_dir(),
+                    reason="needs the engine and a shipped model bundle")
+def test_module_self_test_runs_on_the_shipped_sample_and_bundle(scene, monkeypatch):
+    """The ScriptedLoadableModuleTest of the module file, as Slicer's harness would run it, with the
+    application's pieces stubbed: the shipped sample, the shipped bundle, the real worker."""
+    import importlib.util
+    import unittest
+
+    _stub_application(monkeypatch)
+    base = sys.modules["slicer.ScriptedLoadableModule"]
+    monkeypatch.setattr(base, "ScriptedLoadableModuleTest", type(
+        "ScriptedLoadableModuleTest", (unittest.TestCase,), {"delayDisplay": lambda self, message, *a: None,
+                                                             "runTest": lambda self: None}))
+
+    def loadVolume(path):
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", Path(path).name.split(".")[0])
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        assert storage.ReadData(node)
+        return node
+
+    monkeypatch.setattr(slicer.util, "loadVolume", loadVolume, raising=False)
+    monkeypatch.setattr(scene, "Clear", lambda *args: None)
+    spec = importlib.util.spec_from_file_location("SelfSupCTDenoiseSelfTest", MODULE_DIR / "SelfSupCTDenoise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module.SelfSupCTDenoiseLogic, "createRunner", lambda self: WorkerRunner())  # no PythonSlicer
+    test = module.SelfSupCTDenoiseTest()
+    test.setUp()
+    test.test_InputChecks()
+    test.setUp()
+    test.test_ShortAdaptation()
+    names = [scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())]
+    assert "sample_ldct_d25_hann denoised" in names and "sample_ldct_d25_hann noise map" in names
