@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[ndct clean; quick: ndct]")
     parser.add_argument("--steps", type=int, help="adaptation steps [200; quick: 100]")
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--rows", help="only the rows whose name contains this text")
     parser.add_argument("--json-only", type=Path, help="write only the raw results here (for --merge)")
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="write the report from raw results of runs made in parallel, without running")
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     tags = args.tags or (["d25_hann", "d12_hann"] if args.quick else ["d25_hann", "d12_hann", "d50_hann", "d25_ramlak"])
     protocols = args.protocols or (["ndct"] if args.quick else ["ndct", "clean"])
     steps = args.steps or (100 if args.quick else 200)
-    results = run_benchmark(args.dataset, bundles, quick=args.quick, tags=tags, protocols=protocols, steps=steps)
+    results = run_benchmark(args.dataset, bundles, quick=args.quick, tags=tags, protocols=protocols, steps=steps,
+                            rows_filter=args.rows)
     command = "selfsupctdenoise benchmark " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("benchmark") + 1:]) \
         if "benchmark" in sys.argv else "selfsupctdenoise benchmark"
     results["meta"]["command"] = command
