@@ -24,7 +24,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from SelfSupCTDenoiseLib.config import AdaptConfig
-from SelfSupCTDenoiseLogic import dependencies, nodes, settings
+from SelfSupCTDenoiseLogic import dependencies, nodes, regions, settings
+from SelfSupCTDenoiseLogic import strength as reblend
 from SelfSupCTDenoiseLogic.job import DenoiseJob
 from SelfSupCTDenoiseLogic.runner import RunState, WorkerRunner
 
@@ -103,6 +104,11 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                ("bone", "presetBoneButton"), ("brain", "presetBrainButton")):
             getattr(self.ui, button).connect("clicked(bool)", lambda _checked, preset=preset: self.onCtPreset(preset))
         self.ui.showResultButton.connect("clicked(bool)", self.onShowResult)
+        # After a run the strength re-blends the kept result; only on release, not while dragging.
+        self.ui.strengthSliderWidget.tracking = False
+        self.ui.strengthSliderWidget.connect("valueChanged(double)", self.onStrengthChanged)
+        self.ui.measureNoiseButton.connect("clicked(bool)", self.onMeasureNoise)
+        self.ui.noiseTableView.hide()
         self.ui.progressBar.hide()
 
         # The worker's messages reach the GUI through this timer: the main thread never waits.
@@ -181,6 +187,41 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onStrengthPreset(self, level: str) -> None:
         if self._parameterNode:
             self._parameterNode.strength = settings.strengthPresets()[level]
+
+    def _completedJob(self) -> Optional[DenoiseJob]:
+        """The last run, if it completed and its output is still in the scene."""
+        job = self._job
+        if job is None or job.state is not RunState.COMPLETED or job.outputVolume is None:
+            return None
+        return job if job.outputVolume.GetScene() is slicer.mrmlScene else None
+
+    def onStrengthChanged(self, value: float) -> None:
+        job = self._completedJob()
+        if job is None or self._parameterNode is None or self._parameterNode.inputVolume is not job.inputVolume:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not change the strength."), waitCursor=True):
+            self.logic.applyStrength(job.inputVolume, job.outputVolume, job.noiseMapVolume, value)
+            self.ui.statusLabel.text = _("Strength {value:.2f} applied to the last result (no new adaptation).").format(
+                value=value)
+
+    def onMeasureNoise(self) -> None:
+        job = self._completedJob()
+        if job is None:
+            slicer.util.errorDisplay(_("Denoise a volume first: the noise check compares the input with its result."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not measure the noise."), waitCursor=True):
+            roiNode = self.ui.roiSelector.currentNode()
+            report, tableNode = self.logic.regionNoiseTable(job.inputVolume, job.outputVolume, job.noiseMapVolume,
+                                                            roiNode)
+            if roiNode is None and report["boxes"]:  # show where it measured
+                name = job.inputVolume.GetName() + " noise region"
+                existing = slicer.mrmlScene.GetFirstNodeByName(name)
+                regions.boxToRoi(report["boxes"][0], job.inputVolume,
+                                 existing if existing is not None and existing.IsA("vtkMRMLMarkupsROINode") else None,
+                                 name)
+            self.ui.noiseReadingLabel.text = regions.describe(report)
+            self.ui.noiseTableView.setMRMLTableNode(tableNode)
+            self.ui.noiseTableView.show()
 
     def onCtPreset(self, preset: str) -> None:
         params = self._parameterNode
@@ -262,6 +303,9 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.gpus = None  # None until detected
+        # The last completed run: its full-strength result is kept (in memory, one run only) so that
+        # `applyStrength` can re-blend without adapting again.
+        self.lastJob: Optional[DenoiseJob] = None
 
     def getParameterNode(self):
         return SelfSupCTDenoiseParameterNode(super().getParameterNode())
@@ -352,6 +396,7 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         def finished(job):
             if job.state is RunState.COMPLETED:
                 self.recordCosts(job, profile, useCuda)
+                self.lastJob = job
             if onFinished is not None:
                 onFinished(job)
 
@@ -369,6 +414,23 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         noiseMapVolume = params.noiseMapVolume if params.createNoiseMap else None
         return self.process(params.inputVolume, params.outputVolume, noiseMapVolume, params.createNoiseMap,
                             config=config, bundlePath=bundle, **kwargs)
+
+    def applyStrength(self, inputNode, outputNode, noiseMapNode, strength: float) -> None:
+        """Set the last run's outputs to `strength` at once, without adapting again: output = input -
+        strength x (input - full result), noise map = input - output. Only the last completed run's
+        full-strength result is kept; for an older output this raises ValueError (run Denoise again)."""
+        job = self.lastJob
+        if (job is None or job.fullStrength is None or job.outputVolume is not outputNode
+                or job.inputVolume is not inputNode):
+            raise ValueError(_("Only the last run's full result is kept: denoise this volume again to change "
+                               "its strength."))
+        reblend.applyStrength(inputNode, outputNode, noiseMapNode, job.fullStrength, strength)
+
+    def regionNoiseTable(self, inputNode, outputNode, noiseMapNode=None, roiNode=None) -> tuple:
+        """(report, table node "<input> noise regions"): noise mean/SD per region for input, denoised
+        and noise map, the mean-HU shift and the method-noise reading. Regions: the ROI's RAS bounds
+        in the input's voxels, or uniform soft-tissue regions found automatically (report["boxes"])."""
+        return regions.regionNoiseTable(inputNode, outputNode, noiseMapNode, roiNode)
 
     def showResults(self, job: DenoiseJob) -> None:
         nodes.showThreeViews(job.inputVolume, job.outputVolume, job.noiseMapVolume)

@@ -175,7 +175,9 @@ def test_new_output_nodes_are_named_placed_and_annotated(scene, fake_worker, tmp
         assert node.GetAttribute("SelfSupCTDenoise_input_node_id") == input_node.GetID()
         assert node.GetAttribute("SelfSupCTDenoise_parameters.seed") == "7"  # the engine's NRRD field names
         provenance = nodes.readProvenance(node)
-        assert provenance["parameters"] == {"steps": 3, "seed": 7} and provenance["bundle"]["name"] == "fake"
+        # the worker runs at strength 1; the node records the strength of its own voxels
+        assert provenance["parameters"] == {"steps": 3, "seed": 7, "strength": 1.0}
+        assert provenance["bundle"]["name"] == "fake"
         assert "not for diagnosis" in node.GetDescription()
     noise_display = job.noiseMapVolume.GetDisplayNode()
     assert noise_display.GetLevel() == 0.0 and noise_display.GetWindow() == pytest.approx(2 * job.noiseHalfWindow)
@@ -496,12 +498,21 @@ def test_module_logic_runs_from_parameter_node_to_output_nodes(scene, fake_worke
     recorded = json.loads(store[module.SelfSupCTDenoiseLogic.SETTINGS_KEY])["lite/cpu"]
     assert recorded["startupS"] >= 0 and "sliceS" in recorded
     assert "measured on this computer" in logic.estimateText(params)
+    # Strength after the run, through the module Logic: the kept full result, no new adaptation.
+    logic.applyStrength(params.inputVolume, job.outputVolume, job.noiseMapVolume, 0.0)
+    assert np.array_equal(slicer.util.arrayFromVolume(job.outputVolume), slicer.util.arrayFromVolume(params.inputVolume))
+    assert not np.any(slicer.util.arrayFromVolume(job.noiseMapVolume))
+    report, table = logic.regionNoiseTable(params.inputVolume, job.outputVolume, job.noiseMapVolume)
+    assert table.GetName() == "CT noise regions" and "method_noise" in report
 
+    job_outputs = (job.outputVolume, job.noiseMapVolume)
     # Scripting with engine field names, pretrained only, no noise map.
     job = logic.process(params.inputVolume, createNoiseMap=False, config={"steps": 0, "batch_size": 4})
     assert job.state is RunState.COMPLETED and job.noiseMapVolume is None and job.config["batch_size"] == 4
     with pytest.raises(InputError):
         logic.process(params.inputVolume, config={"strength": 2.0})
+    with pytest.raises(ValueError, match="last run"):  # a new run replaced the kept result
+        logic.applyStrength(params.inputVolume, job_outputs[0], job_outputs[1], 0.5)
 
 
 def test_extension_metadata_passes_the_index_checks_offline():
@@ -611,3 +622,115 @@ def test_module_self_test_runs_on_the_shipped_sample_and_bundle(scene, monkeypat
     test.test_ShortAdaptation()
     names = [scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())]
     assert "sample_ldct_d25_hann denoised" in names and "sample_ldct_d25_hann noise map" in names
+
+
+# -- strength after a run, region noise table (issue 6) --------------------------------------------
+
+def test_strength_after_a_run_reblends_without_adapting_again(scene, fake_worker, tmp_path):
+    from SelfSupCTDenoiseLogic import strength
+
+    array = ct_array()
+    input_node = add_volume(scene, array, oblique_matrix())
+    job = make_job(fake_worker, tmp_path, input_node, config={"steps": 3, "strength": 0.5})
+    job.start()
+    assert job.waitForCompletion(30) is RunState.COMPLETED, job.message
+    full = array - 10  # the fake worker's strength-1 result
+    assert np.array_equal(job.fullStrength, full)
+    assert np.array_equal(slicer.util.arrayFromVolume(job.outputVolume), array - 5)  # blended at 0.5
+    geometry = ijk_to_ras(job.outputVolume)
+    for s, expected in ((0.0, array), (1.0, full), (0.75, np.rint(array - 7.5).astype(np.int16))):
+        strength.applyStrength(input_node, job.outputVolume, job.noiseMapVolume, job.fullStrength, s)
+        output = slicer.util.arrayFromVolume(job.outputVolume)
+        noise = slicer.util.arrayFromVolume(job.noiseMapVolume)
+        assert output.dtype == array.dtype and np.array_equal(output, expected)  # 0: input exactly
+        assert np.array_equal(noise, array.astype(np.float32) - output)
+        assert nodes.readProvenance(job.outputVolume)["parameters"]["strength"] == s
+    assert np.array_equal(ijk_to_ras(job.outputVolume), geometry)
+    assert np.array_equal(slicer.util.arrayFromVolume(input_node), array)
+
+
+def test_float_input_strength_end_points_are_exact(scene):
+    from SelfSupCTDenoiseLogic import strength
+
+    array = ct_array().astype(np.float32) + 0.3
+    full = array * 0.9
+    output, noise = strength.blendArrays(array, full, 0.0)
+    assert np.array_equal(output, array) and not np.any(noise)
+    output, noise = strength.blendArrays(array, full, 1.0)
+    assert np.array_equal(output, full) and np.array_equal(noise, array - full)
+
+
+def test_ras_bounds_to_box_uses_voxel_centres_and_clips():
+    from SelfSupCTDenoiseLogic import regions
+
+    ras_to_ijk = np.linalg.inv(np.diag([-0.5, -0.5, 2.0, 1.0]))  # RAS x = -0.5 i, y = -0.5 j, z = 2 k
+    # i in [2, 6], j in [-4 (clipped), 3], k in [1, 2.5]
+    box = regions.rasBoundsToBox((-3.0, -1.0, -1.5, 2.0, 2.0, 5.0), ras_to_ijk, (4, 24, 20))
+    assert (box.z0, box.z1, box.y0, box.y1, box.x0, box.x1) == (1, 3, 0, 4, 2, 7)
+    with pytest.raises(ValueError, match="any voxel"):
+        regions.rasBoundsToBox((100.0, 101.0, 0, 1, 0, 1), ras_to_ijk, (4, 24, 20))
+
+
+def _denoised_pair(scene, matrix=None):
+    rng = np.random.default_rng(1)
+    z, y, x = np.indices((6, 72, 64))  # 1 mm voxels: room for a 15 mm uniform box with margins
+    body = (y - 36) ** 2 + (x - 32) ** 2 < 30 ** 2
+    clean = np.where(body, 40.0, -1000.0)
+    array = np.round(clean + rng.normal(0, 25, clean.shape)).astype(np.int16)
+    denoised = np.round(clean + rng.normal(0, 5, clean.shape)).astype(np.int16)
+    input_node = add_volume(scene, array, matrix, name="CT")
+    output_node = add_volume(scene, denoised, matrix, name="CT denoised")
+    noise_node = add_volume(scene, array.astype(np.float32) - denoised, matrix, name="CT noise map")
+    return array, denoised, input_node, output_node, noise_node
+
+
+def test_region_noise_table_in_a_roi_matches_numpy(scene):
+    from SelfSupCTDenoiseLogic import regions
+
+    array, denoised, input_node, output_node, noise_node = _denoised_pair(scene, oblique_matrix())
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = np.eye(4)
+    shift[:3, 3] = [5.0, -3.0, 7.0]
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+    for node in (input_node, output_node, noise_node):
+        node.SetAndObserveTransformNodeID(transform.GetID())
+    # An ROI around voxels (z 2..3, y 20..27, x 15..24), placed in world coordinates.
+    ijk_to_world = shift @ ijk_to_ras(input_node)
+    corners = np.array([[i, j, k, 1.0] for i in (15, 24) for j in (20, 27) for k in (2, 3)]) @ ijk_to_world.T
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "roi")
+    roi.SetXYZ(*((corners[:, :3].min(0) + corners[:, :3].max(0)) / 2))
+    roi.SetSize(*(corners[:, :3].max(0) - corners[:, :3].min(0) + 1e-3))
+    report, table = regions.regionNoiseTable(input_node, output_node, noise_node, roi)
+    (box,) = report["boxes"]
+    # the RAS-aligned ROI around an oblique box covers at least that box
+    assert box.z0 <= 2 and box.z1 >= 4 and box.y0 <= 20 and box.y1 >= 28 and box.x0 <= 15 and box.x1 >= 25
+    assert table.GetName() == "CT noise regions" and not report["regions_found_automatically"]
+    columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert columns == list(regions.COLUMNS)
+    vtable = table.GetTable()
+    for row, image in enumerate((array.astype(np.float32), denoised.astype(np.float32),
+                                 array.astype(np.float32) - denoised)):
+        values = image[box.slices].astype(np.float64)
+        assert vtable.GetValueByName(row, "mean HU").ToDouble() == pytest.approx(values.mean(), abs=1e-9)
+        assert vtable.GetValueByName(row, "SD HU").ToDouble() == pytest.approx(values.std(ddof=1), abs=1e-9)
+        assert vtable.GetValueByName(row, "voxels").ToInt() == values.size
+    assert table.GetAttribute("SelfSupCTDenoise_method_noise.reading") == report["method_noise"]["reading"]
+    assert "Method noise" in regions.describe(report)
+    again, same_table = regions.regionNoiseTable(input_node, output_node, noise_node, roi)
+    assert same_table is table  # measured again into the same table
+
+
+def test_region_noise_table_without_roi_finds_uniform_regions_and_shows_them(scene):
+    from SelfSupCTDenoiseLogic import regions
+
+    array, denoised, input_node, output_node, noise_node = _denoised_pair(scene)
+    report, table = regions.regionNoiseTable(input_node, output_node, noise_node)
+    assert report["regions_found_automatically"] and report["boxes"]
+    box = report["boxes"][0]
+    sd = float(np.std(array[box.slices].astype(np.float64), ddof=1))
+    assert table.GetTable().GetValueByName(0, "SD HU").ToDouble() == pytest.approx(sd)
+    last = table.GetNumberOfRows() - 1
+    assert table.GetTable().GetValueByName(last, "image").ToString().startswith("HU shift")
+    assert table.GetTable().GetValueByName(last, "mean HU").ToDouble() == pytest.approx(report["hu_shift"]["overall"])
+    roi = regions.boxToRoi(box, input_node, name="CT noise region")
+    assert regions.roiBox(roi, input_node) == box  # the ROI shown is the box measured

@@ -1,7 +1,9 @@
 """One denoising run seen from the scene: input node -> worker process -> output nodes.
 
-The scene is touched only when the worker has finished and both result files have been read:
-a cancelled or failed run leaves the scene exactly as it was. All methods run on the main thread;
+The scene is touched only when the worker has finished and its result file has been read: a
+cancelled or failed run leaves the scene exactly as it was. The worker always runs at strength 1;
+the job keeps that result (`fullStrength`) and blends the requested strength on this side, so the
+strength can be changed after the run without adapting again (see strength.py). All methods run on the main thread;
 `poll()` is called from a GUI timer (or by `waitForCompletion()` in scripts).
 """
 
@@ -9,7 +11,9 @@ import logging
 import time
 from typing import Any, Callable, Dict, Optional
 
-from . import nodes
+import slicer
+
+from . import nodes, strength
 from .runner import RunResult, RunState, WorkerRunner
 from .status import ProgressTracker
 
@@ -48,6 +52,8 @@ class DenoiseJob:
         self.outputVolume = None
         self.noiseMapVolume = None
         self.noiseHalfWindow = 0.0
+        self.strength = float(self.config.get("strength", 1.0))
+        self.fullStrength = None  # voxel array (K, J, I) of the strength-1 result, once completed
         self.tracker: Optional[ProgressTracker] = None
         self.geometry: Optional[nodes.VolumeGeometry] = None
         self._scene = None
@@ -71,8 +77,9 @@ class DenoiseJob:
         try:
             self.runner.createWorkDir()
             nodes.writeVolumeFile(self.inputVolume, self.runner.inputPath)
-            self.runner.start(self.config, self.bundlePath, noiseMap=self.wantNoiseMap, forceCpu=self.forceCpu,
-                              loadResults=self._readResults)
+            # Strength 1 in the worker; the noise map is made here from the blended output.
+            self.runner.start(dict(self.config, strength=1.0), self.bundlePath, noiseMap=False,
+                              forceCpu=self.forceCpu, loadResults=self._readResults)
         except BaseException:
             self.runner.cleanup()
             raise
@@ -146,12 +153,10 @@ class DenoiseJob:
         if self.onFinished is not None:
             self.onFinished(self)
 
-    def _readResults(self, runner: WorkerRunner) -> tuple:
-        """Runs in the runner's reader thread: decompressing the result files can take seconds for a
+    def _readResults(self, runner: WorkerRunner):
+        """Runs in the runner's reader thread: decompressing the result file can take seconds for a
         large volume, and must not freeze the GUI. Touches no node."""
-        denoised = nodes.readVolumeArray(runner.outputPath)
-        noise = nodes.readVolumeArray(runner.noiseMapPath) if self.wantNoiseMap else None
-        return denoised, noise
+        return nodes.readVolumeArray(runner.outputPath)
 
     def _importResults(self, info: Dict[str, Any]) -> None:
         if self.inputVolume.GetScene() is not self._scene:
@@ -161,10 +166,16 @@ class DenoiseJob:
             if self.onProgress is not None:
                 self.onProgress(self.tracker)
         # Everything is read (in the reader thread) before the scene is touched.
-        denoised, noise = self.runner.loadedResults or self._readResults(self.runner)
-        for name, array in (("denoised volume", denoised), ("noise map", noise)):
-            if array is not None and tuple(array.shape) != self.geometry.arrayShape:
-                raise ValueError(f"the {name} has shape {array.shape}, the input {self.geometry.arrayShape}")
+        full = self.runner.loadedResults
+        if full is None:
+            full = self._readResults(self.runner)
+        if tuple(full.shape) != self.geometry.arrayShape:
+            raise ValueError(f"the denoised volume has shape {full.shape}, the input {self.geometry.arrayShape}")
+        denoised, noise = strength.blendArrays(slicer.util.arrayFromVolume(self.inputVolume), full, self.strength)
+        if not self.wantNoiseMap:
+            noise = None
+        # The worker ran at strength 1: the provenance records the strength of the voxels shown.
+        info = dict(info, parameters=dict(info.get("parameters") or {}, strength=self.strength))
         denoisedName, noiseName = nodes.outputNames(self.inputVolume.GetName())
         created = []
         try:
@@ -194,3 +205,4 @@ class DenoiseJob:
                 self._scene.RemoveNode(node)
             raise
         self.outputVolume, self.noiseMapVolume = output, noiseNode
+        self.fullStrength = full
