@@ -8,6 +8,7 @@ Protocols: `ndct` (reference = the real normal-dose CT, which keeps its own nois
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -152,6 +153,7 @@ def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     merged["meta"]["command"] = "`, then `".join(p["meta"].get("command", "?") for p in parts)
     merged["meta"]["seconds_per_part"] = [p["meta"].get("seconds") for p in parts]
     merged["meta"]["commit"] = ", ".join(dict.fromkeys(p["meta"]["commit"] for p in parts))
+    merged["meta"]["bundles"] = {k: v for p in parts for k, v in p["meta"]["bundles"].items()}
     return merged
 
 
@@ -341,7 +343,9 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
         "structure in the removed part (see README; > 0.3 = removes detail). Tags: d25 = quarter dose (the "
         "training dose), d12/d50 = unseen doses, ramlak = another reconstruction filter. Protocol `ndct`: "
         "reference = the real NDCT (noisy itself); `clean`: reference = a BM3D-denoised NDCT with the low dose "
-        "simulated from it.", ""]
+        "simulated from it.", "",
+        "Bundles: " + "; ".join(f"{k.upper()} `{os.path.relpath(b['path'])}` ({b['profile']}, manifest sha256 {b['sha256'][:12]})"
+                                 for k, b in meta["bundles"].items()) + ".", ""]
     if meta.get("seconds_per_part"):
         lines += [f"Run as {len(meta['seconds_per_part'])} parts in parallel (one torch thread each, sharing a "
                   f"2-core machine; wall time per part: {', '.join(f'{s / 60:.0f} min' for s in meta['seconds_per_part'])}), "
