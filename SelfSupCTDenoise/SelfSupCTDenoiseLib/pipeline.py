@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from .bundle import Bundle, load_bundle
 from .config import AdaptConfig
@@ -181,7 +182,7 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
         progress(ProgressEvent("loading", message=str(input_path)))
     image = read_volume(input_path)
     bundle = load_bundle(bundle_path)
-    array = __import__("SimpleITK").GetArrayFromImage(image)
+    array = sitk.GetArrayFromImage(image)
     result = denoise_array(array, image.GetSpacing(), bundle, config, progress, cancel)
     if cancel is not None:
         cancel.raise_if_cancelled()
