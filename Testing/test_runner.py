@@ -343,15 +343,6 @@ def test_real_worker_reports_missing_torch_as_a_dependency_error(tmp_path):
     assert "torch" in result.message and "Traceback" not in result.message
 
 
-def _pipeline_available():
-    try:
-        from SelfSupCTDenoiseLib.pipeline import denoise_file  # noqa: F401
-    except Exception:  # noqa: BLE001
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _pipeline_available(), reason="engine pipeline not importable")
 def test_real_engine_runs_through_the_runner(tmp_path, tiny_bundle):
     import SimpleITK as sitk
     from SelfSupCTDenoiseLib.phantom import noisy_pair
@@ -408,7 +399,7 @@ def _read_until_adapting(proc, timeout=120.0):
     raise AssertionError("worker ended before adapting")
 
 
-@pytest.mark.skipif(os.name != "posix" or not _pipeline_available(), reason="POSIX signals; engine needed")
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 def test_real_worker_exits_3_on_sigterm_without_writing_outputs(tmp_path, tiny_bundle):
     import signal
 
@@ -422,7 +413,7 @@ def test_real_worker_exits_3_on_sigterm_without_writing_outputs(tmp_path, tiny_b
     assert not (tmp_path / "out.nrrd").exists() and not (tmp_path / "noise.nrrd").exists()
 
 
-@pytest.mark.skipif(os.name != "posix" or not _pipeline_available(), reason="POSIX process ids; engine needed")
+@pytest.mark.skipif(os.name != "posix", reason="POSIX process ids")
 def test_real_worker_stops_when_its_parent_is_gone(tmp_path, tiny_bundle):
     import subprocess
 

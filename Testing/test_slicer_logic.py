@@ -240,15 +240,6 @@ def test_cancel_or_failure_leaves_the_scene_unchanged(scene, fake_worker, tmp_pa
     assert not job.runner.workDir.exists()
 
 
-def _pipeline_available():
-    try:
-        from SelfSupCTDenoiseLib.pipeline import denoise_file  # noqa: F401
-    except Exception:  # noqa: BLE001
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _pipeline_available(), reason="engine pipeline not importable")
 def test_real_engine_from_node_to_nodes_keeps_geometry_and_hu(scene, tmp_path, tiny_bundle):
     from SelfSupCTDenoiseLib.phantom import noisy_pair
 
@@ -588,8 +579,6 @@ def test_estimate_knows_which_pseudo_noise_kinds_run_the_noise_models():
     assert set(settings.MODEL_NOISE_KINDS) == set(MODEL_KINDS)
 
 
-@pytest.mark.skipif(not _pipeline_available() or not (MODULE_DIR / "Resources" / "Models").is_dir(),
-                    reason="needs the engine and a shipped model bundle")
 def test_module_self_test_runs_on_the_shipped_sample_and_bundle(scene, monkeypatch):
     """The ScriptedLoadableModuleTest of the module file, as Slicer's harness would run it, with the
     application's pieces stubbed: the shipped sample, the shipped bundle, the real worker."""
