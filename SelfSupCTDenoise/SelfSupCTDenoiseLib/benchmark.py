@@ -12,7 +12,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -21,7 +21,7 @@ import numpy as np
 from .bundle import Bundle
 from .config import AdaptConfig
 from .metrics import compare, psnr
-from .noise_level import laplacian_mad, soft_tissue_mask
+from .noise_level import laplacian_mad, soft_tissue_std
 
 #: Adaptation settings shared by every adapted row (the product's defaults, fewer steps in --quick).
 PAPER_GAUSSIAN_SIGMA_HU = 0.02 * 4096  # the paper's sigma 0.02 on its (HU + 1024) / 4096 scale
@@ -157,23 +157,18 @@ def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return merged
 
 
-def _soft_tissue_noise_std(ldct: np.ndarray, ndct: np.ndarray) -> float:
-    mask = np.stack([soft_tissue_mask(s) for s in ldct])
-    return float((ldct - ndct)[mask].std())
-
-
 def pseudo_noise_band_ratios(volume: np.ndarray, real_noise: np.ndarray, bundle: Bundle, base: AdaptConfig,
                              estimated_noise: float) -> Dict[str, List[float]]:
     """Band power of each pseudo-noise over that of the real noise of this volume (1 = same NPS)."""
     import torch
 
     from .adapt import PatchSampler
-    from .pipeline import prepare_pseudo_pairs
+    from .pipeline import evenly_spaced, prepare_pseudo_pairs
     from .spectrum import band_power
 
     norm = bundle.normalization
     generator = torch.Generator().manual_seed(0)
-    index = np.unique(np.linspace(0, len(volume) - 1, min(len(volume), base.adapt_slices)).round().astype(int))
+    index = evenly_spaced(len(volume), base.adapt_slices)
     real_sampler = PatchSampler(torch.from_numpy(norm.noise_to_model(real_noise[index]))[:, None], None,
                                 base.patch_size, "rot90flip", generator)
     real = band_power(real_sampler.sample(256)[0])
@@ -241,7 +236,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                 reference = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_path))).astype(np.float32)
                 spacing = image.GetSpacing()
                 estimated = bundles["n2c"].calibration["k_laplacian"] * laplacian_mad(ldct)
-                true_std = _soft_tissue_noise_std(ldct, reference)
+                true_std = soft_tissue_std(ldct, ldct - reference)
                 oracle_noise = None
                 other_ldct, other_reference = subject_paths(dataset, key, tag, clean=protocol != "clean")
                 if other_ldct.exists():  # the other protocol's noise: same physics, independent draw

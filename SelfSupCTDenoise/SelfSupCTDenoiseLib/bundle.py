@@ -20,11 +20,11 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .config import PROFILES, NetworkProfile
+from .config import NetworkProfile
 from .errors import BundleError
 from .normalization import Normalization
 

@@ -565,7 +565,7 @@ def write_nps_plot(dataset_dir: Path, png: Path, key: str = "pancreas",
 
         white_level = s["variance_hu2"] * sx * sy  # flat NPS of white noise with the same variance
         line = axes[0].plot(s["freq_mm"], s["nps_mm"], label=f"{tag} (std {np.sqrt(s['variance_hu2']):.0f} HU)")[0]
-        axes[0].axhline(white_level, ls="--", color=line.get_color(), lw=1, label=f"white, same variance")
+        axes[0].axhline(white_level, ls="--", color=line.get_color(), lw=1, label="white, same variance")
         axes[1].plot(s["freq_px"], np.asarray(s["nps_px"]) / s["variance_hu2"], color=line.get_color(), label=tag)
         numbers[tag] = {"std_hu": float(np.sqrt(s["variance_hu2"])), "peak_mm": s["peak_mm"],
                         "peak_px": s["peak_px"], "mean_freq_px": s["mean_freq_px"],

@@ -23,6 +23,14 @@ def soft_tissue_mask(slice_hu: np.ndarray) -> np.ndarray:
     return ndimage.binary_erosion(mask, iterations=3)
 
 
+def soft_tissue_std(volume_hu: np.ndarray, values: np.ndarray) -> float:
+    """Std of `values` (e.g. removed or inserted noise) over the soft tissue of `volume_hu`; over
+    everything when there is too little soft tissue to judge."""
+    mask = np.stack([soft_tissue_mask(s) for s in np.asarray(volume_hu, np.float32).reshape(-1, *volume_hu.shape[-2:])])
+    values = np.asarray(values).reshape(mask.shape)
+    return float(values[mask].std()) if mask.sum() > 64 else float(values.std())
+
+
 def laplacian_mad(volume_hu: np.ndarray) -> float:
     """Robust std (1.4826 * MAD) of the unit-norm Laplacian over soft tissue of (z, y, x) slices."""
     values = []

@@ -18,7 +18,7 @@ from .bundle import Bundle, load_bundle
 from .config import AdaptConfig
 from .errors import InputError
 from .io import PathLike, check_ct_array, check_output_path, image_like, read_volume, same_file, write_volume
-from .noise_level import laplacian_mad, soft_tissue_mask
+from .noise_level import laplacian_mad, soft_tissue_std
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 from .provenance import build_provenance, set_image_fields, write_sidecar
 from .quality import cast_like_input, strength_blend
@@ -42,18 +42,12 @@ def evenly_spaced(n_total: int, n_pick: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, min(n_total, n_pick)).round().astype(int))
 
 
-def _soft_tissue_std(volume_hu: np.ndarray, removed: np.ndarray) -> float:
-    mask = np.stack([soft_tissue_mask(s) for s in volume_hu])
-    return float(removed[mask].std()) if mask.sum() > 64 else float(removed.std())
-
-
 def pseudo_noise_std(sampler, source, norm, patches: int = 64) -> float:
     """Std (HU) of the source's pseudo-noise over the soft tissue of sampled patches of the input,
     the region where the input's noise level is estimated."""
     x, model_noise = sampler.sample(patches)
     z = source.draw(model_noise, x.shape, x.device).numpy()[:, 0] * norm.scale
-    mask = np.stack([soft_tissue_mask(p) for p in norm.to_hu(x.numpy()[:, 0])])
-    return float(z[mask].std() if mask.sum() > 64 else z.std())
+    return soft_tissue_std(norm.to_hu(x.numpy()[:, 0]), z)
 
 
 def prepare_pseudo_pairs(volume: np.ndarray, bundle: Bundle, config: AdaptConfig, device, generator,
@@ -137,8 +131,8 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
         if config.guard and np.isfinite(estimated_noise):
             guard_index = evenly_spaced(len(volume), GUARD_SLICES)
             sample = volume[guard_index]
-            removed_pre = _soft_tissue_std(sample, sample - run(pretrained, sample, "infer"))
-            removed_adapted = _soft_tissue_std(sample, sample - run(model, sample, "infer"))
+            removed_pre = soft_tissue_std(sample, sample - run(pretrained, sample, "infer"))
+            removed_adapted = soft_tissue_std(sample, sample - run(model, sample, "infer"))
             fallback = (abs(removed_adapted - estimated_noise)
                         > abs(removed_pre - estimated_noise) + GUARD_TOLERANCE * estimated_noise)
             run_info["guard"] = {"removed_std_pretrained_hu": removed_pre, "removed_std_adapted_hu": removed_adapted,
