@@ -4,6 +4,7 @@ import torch
 
 from SelfSupCTDenoiseLib.adapt import PatchSampler, adapt
 from SelfSupCTDenoiseLib.config import AdaptConfig
+from SelfSupCTDenoiseLib.noise_level import estimate_noise
 from SelfSupCTDenoiseLib.pseudo import PseudoNoiseSource
 from SelfSupCTDenoiseLib.spectrum import band_power, shape_noise
 
@@ -18,8 +19,9 @@ def make_setup(bundle, config, seed=0):
         noise = torch.cat([m(pool) for m in bundle.build_noise_models()], dim=1)
     generator = torch.Generator().manual_seed(seed)
     sampler = PatchSampler(pool, noise, config.patch_size, config.augment, generator)
+    estimate = estimate_noise(ldct, bundle.calibration["band_power_real"])
     source = PseudoNoiseSource(config.pseudo_noise, bundle.calibration, norm, bundle.noise_histogram,
-                               config.gaussian_sigma_hu, generator)
+                               config.gaussian_sigma_hu, generator, input_band_power=estimate.band_power)
     return sampler, source
 
 
@@ -48,7 +50,7 @@ def test_adaptation_is_deterministic_on_cpu_and_leaves_the_input_model_alone(tin
     assert all(torch.equal(base.state_dict()[k], v) for k, v in before.items())
 
 
-@pytest.mark.parametrize("kind", ["paper", "scaled", "spectral", "synthetic", "gaussian", "hist", "model+hist"])
+@pytest.mark.parametrize("kind", ["paper", "scaled", "spectral", "synthetic", "fitted", "gaussian", "hist", "model+hist"])
 def test_every_pseudo_noise_kind_draws_zero_mean_noise_of_plausible_level(tiny_bundle, kind):
     config = AdaptConfig(pseudo_noise=kind, patch_size=32, gaussian_sigma_hu=25.0)
     sampler, source = make_setup(tiny_bundle, config)

@@ -21,7 +21,7 @@ import numpy as np
 from .bundle import Bundle
 from .config import AdaptConfig
 from .metrics import compare, psnr
-from .noise_level import laplacian_mad, soft_tissue_std
+from .noise_level import NoiseEstimate, soft_tissue_mask, soft_tissue_std
 
 #: Adaptation settings shared by every adapted row (the product's defaults, fewer steps in --quick).
 PAPER_GAUSSIAN_SIGMA_HU = 0.02 * 4096  # the paper's sigma 0.02 on its (HU + 1024) / 4096 scale
@@ -101,14 +101,17 @@ def methods() -> List[Method]:
         Method("N2C + spectral ensemble, input level", config={"pseudo_noise": "spectral", **raw}, quick=True),
         Method("N2C + synthetic NPS noise, training level", config={"noise_level": "bundle", **raw}, quick=True,
                scope="ndct"),
-        Method("N2C + synthetic NPS noise, input level (no guard)", config={**raw}),
-        Method("N2C + Ours (shipped default: synthetic, guarded)", config={}, quick=True, steps_curve=True,
+        Method("N2C + synthetic NPS noise, input level (no guard)", config={"pseudo_noise": "synthetic", **raw},
                scope="both"),
+        Method("N2C + fitted NPS noise, input level (no guard)", config={"pseudo_noise": "fitted", **raw},
+               scope="both"),
+        Method(f"N2C + Ours (shipped default: {AdaptConfig().pseudo_noise}, guarded)", config={}, quick=True,
+               steps_curve=True, scope="both"),
         Method("N2C + Gaussian (paper's sigma)", config={"pseudo_noise": "gaussian", "noise_level": "bundle",
                                                          "gaussian_sigma_hu": PAPER_GAUSSIAN_SIGMA_HU, **raw}),
         Method("N2C + Hist", config={"pseudo_noise": "hist", "noise_level": "bundle", **raw}),
         Method("N2C + Model+Hist", config={"pseudo_noise": "model+hist", "noise_level": "bundle", **raw}),
-        Method("N2C + oracle (true independent noise)", config={**raw}, oracle=True, quick=True, scope="ndct"),
+        Method("N2C + oracle (true independent noise)", config={**raw}, oracle=True, quick=True, scope="both"),
         Method("N2N (pretrained)", bundle="n2n", config={"steps": 0}),
         Method("N2N + Ours", bundle="n2n", config={}),
         Method("N2V (pretrained)", bundle="n2v", config={"steps": 0}),
@@ -133,6 +136,10 @@ def _in_scope(method: Method, protocol: str, tag: str, quick: bool) -> bool:
     return method.scope == "ndct" or tag in ABLATION_TAGS
 
 
+def _case(entry: Dict[str, Any]):
+    return entry.get("protocol", "ndct"), entry["subject"], entry["tag"]
+
+
 def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Combine runs made in parallel (e.g. one process per dose) into one result."""
     merged = {"rows": [], "curves": [], "estimator": [], "nps_ratios": {}, "band_edges": parts[0]["band_edges"],
@@ -141,7 +148,7 @@ def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     for part in parts:
         merged["curves"] += part["curves"]
         merged["estimator"] += [e for e in part["estimator"]
-                                if (e["subject"], e["tag"]) not in {(m["subject"], m["tag"]) for m in merged["estimator"]}]
+                                if _case(e) not in {_case(m) for m in merged["estimator"]}]
         for row in part["rows"]:  # a row measured twice (overlapping parts) is kept once
             key = (row["protocol"], row["tag"], row["subject"], row["method"])
             if key not in seen:
@@ -158,7 +165,7 @@ def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def pseudo_noise_band_ratios(volume: np.ndarray, real_noise: np.ndarray, bundle: Bundle, base: AdaptConfig,
-                             estimated_noise: float) -> Dict[str, List[float]]:
+                             estimate: NoiseEstimate) -> Dict[str, List[float]]:
     """Band power of each pseudo-noise over that of the real noise of this volume (1 = same NPS)."""
     import torch
 
@@ -169,20 +176,26 @@ def pseudo_noise_band_ratios(volume: np.ndarray, real_noise: np.ndarray, bundle:
     norm = bundle.normalization
     generator = torch.Generator().manual_seed(0)
     index = evenly_spaced(len(volume), base.adapt_slices)
-    real_sampler = PatchSampler(torch.from_numpy(norm.noise_to_model(real_noise[index]))[:, None], None,
+    # the real noise over patches mostly of soft tissue, where the pseudo-noise level is set (CT
+    # noise is not stationary: lower in air, higher behind bone)
+    real_sampler = PatchSampler(torch.from_numpy(norm.to_model(volume[index]))[:, None],
+                                torch.from_numpy(norm.noise_to_model(real_noise[index]))[:, None],
                                 base.patch_size, "rot90flip", generator)
-    real = band_power(real_sampler.sample(256)[0])
+    x, noise = real_sampler.sample(1024)
+    soft = np.array([soft_tissue_mask(patch).mean() for patch in norm.to_hu(x.numpy()[:, 0])])
+    real = band_power(noise[soft >= 0.5] if (soft >= 0.5).sum() >= 32 else noise)
     ratios = {}
     for name, overrides in {"paper ensemble": {"pseudo_noise": "paper", "noise_level": "bundle"},
                             "scaled ensemble": {"pseudo_noise": "scaled", "noise_level": "bundle"},
                             "spectral ensemble (input level)": {"pseudo_noise": "spectral"},
                             "synthetic NPS (input level)": {"pseudo_noise": "synthetic"},
+                            "fitted NPS (input level)": {"pseudo_noise": "fitted"},
                             "Gaussian (paper's sigma)": {"pseudo_noise": "gaussian", "noise_level": "bundle",
                                                          "gaussian_sigma_hu": PAPER_GAUSSIAN_SIGMA_HU},
                             "Hist": {"pseudo_noise": "hist", "noise_level": "bundle"}}.items():
         config = base.with_(**overrides)
         sampler, source = prepare_pseudo_pairs(volume, bundle, config, torch.device("cpu"),
-                                               torch.Generator().manual_seed(1), estimated_noise)
+                                               torch.Generator().manual_seed(1), estimate)
         x, model_noise = sampler.sample(256)
         ratios[name] = (band_power(source.draw(model_noise, x.shape, x.device)) / real).tolist()
     return ratios
@@ -213,7 +226,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
 
     from .datasets import load_manifest, subject_paths
     from .inference import describe_device, resolve_device
-    from .pipeline import denoise_array
+    from .pipeline import denoise_array, estimate_input_noise
     from .quality import hu_shift, method_noise_score, uniform_tissue_mask
 
     benchmark_start = time.perf_counter()
@@ -235,18 +248,20 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                 ldct = sitk.GetArrayFromImage(image).astype(np.float32)
                 reference = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_path))).astype(np.float32)
                 spacing = image.GetSpacing()
-                estimated = bundles["n2c"].calibration["k_laplacian"] * laplacian_mad(ldct)
+                estimate = estimate_input_noise(ldct, bundles["n2c"], base)
+                estimated = estimate.std_hu
                 true_std = soft_tissue_std(ldct, ldct - reference)
                 oracle_noise = None
                 other_ldct, other_reference = subject_paths(dataset, key, tag, clean=protocol != "clean")
                 if other_ldct.exists():  # the other protocol's noise: same physics, independent draw
                     oracle_noise = (sitk.GetArrayFromImage(sitk.ReadImage(str(other_ldct))).astype(np.float32)
                                     - sitk.GetArrayFromImage(sitk.ReadImage(str(other_reference))).astype(np.float32))
-                if protocol == "ndct":
-                    estimator.append({"subject": key, "tag": tag, "true_std_hu": true_std, "estimated_std_hu": estimated,
-                                      "error_percent": 100 * (estimated - true_std) / true_std})
+                estimator.append({"protocol": protocol, "subject": key, "tag": tag, "true_std_hu": true_std,
+                                  "estimated_std_hu": estimated, "sharpness": estimate.sharpness,
+                                  "error_percent": 100 * (estimated - true_std) / true_std})
+                if protocol == "clean":  # the input's noise is all inserted: the NPS to match is known
                     nps_ratios[f"{key}/{tag}"] = pseudo_noise_band_ratios(ldct, ldct - reference, bundles["n2c"],
-                                                                          base, estimated)
+                                                                          base, estimate)
                 uniform = uniform_tissue_mask(reference, max_slices=16)
                 for method in chosen:
                     if (method.oracle and oracle_noise is None) or not _in_scope(method, protocol, tag, quick):
@@ -397,16 +412,22 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
                   f"{len(guarded)} runs of the shipped default.", ""]
     if results["estimator"]:
         lines += ["## Reference-free noise estimate of the input vs the true inserted noise (soft tissue)", "",
-                  "| subject | tag | true std (HU) | estimated (HU) | error |", "|---|---|---|---|---|"]
-        for e in results["estimator"]:
-            lines.append(f"| {e['subject']} | {e['tag']} | {e['true_std_hu']:.1f} | {e['estimated_std_hu']:.1f} | "
-                         f"{e['error_percent']:+.0f}% |")
+                  "`noise_level.estimate_noise` on the LDCT alone. Protocol `clean`: the inserted noise is all the "
+                  "noise the input has, so this is the estimator's error. Protocol `ndct`: the input also carries the "
+                  "NDCT's own noise (DATA.md), which the estimate includes and the 'true' column does not. Sharpness: "
+                  "the texture picked (0 = the training kernel's, 1 = a ramp).", "",
+                  "| protocol | subject | tag | true std (HU) | estimated (HU) | error | sharpness |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in sorted(results["estimator"], key=lambda e: e.get("protocol", "ndct")):
+            lines.append(f"| {e.get('protocol', 'ndct')} | {e['subject']} | {e['tag']} | {e['true_std_hu']:.1f} | "
+                         f"{e['estimated_std_hu']:.1f} | {e['error_percent']:+.0f}% | {e.get('sharpness', float('nan')):.2f} |")
         lines.append("")
     if results["nps_ratios"]:
         edges = results["band_edges"]
         bands = [f"{a:.3g}-{b:.3g}" for a, b in zip(edges[:-1], edges[1:])]
         lines += ["## Pseudo-noise NPS over the real noise NPS, per radial band (cycles/pixel; 1.00 = match)", "",
-                  "Mean over the held-out subjects and doses; per case in `benchmark.json`.", "",
+                  "Protocol `clean` (the inserted noise is the input's whole noise); mean over the held-out subjects, "
+                  "doses and filters; per case in `benchmark.json`.", "",
                   "| pseudo-noise | " + " | ".join(bands) + " | worst |", "|---|" + "---|" * (len(bands) + 1)]
         kinds = next(iter(results["nps_ratios"].values())).keys()
         for kind in kinds:

@@ -47,7 +47,9 @@ PROFILES: Dict[str, NetworkProfile] = {
 #: model+hist - one noise model's output plus histogram noise (paper's ablation)
 #: synthetic - Gaussian noise shaped to the training LDCT-NDCT NPS: independent samples with the real
 #:            texture (the noise models give E[Z|X], correlated with the noise already in X)
-PSEUDO_NOISE = ("paper", "scaled", "spectral", "synthetic", "gaussian", "hist", "model+hist")
+#: fitted   - Gaussian noise with the NPS measured on the input itself (noise_level.estimate_noise):
+#:            follows a reconstruction kernel the models never saw
+PSEUDO_NOISE = ("paper", "scaled", "spectral", "synthetic", "fitted", "gaussian", "hist", "model+hist")
 #: bundle - pseudo-noise level as calibrated on the training pairs
 #: input  - rescaled to the noise level estimated on the input volume itself (handles unseen doses)
 NOISE_LEVEL = ("bundle", "input")
@@ -68,7 +70,7 @@ class AdaptConfig:
     patch_size: int = 64
     seed: int = 0
     teacher_update: bool = True      # False = the paper's "w/o theta update" ablation
-    pseudo_noise: str = "synthetic"
+    pseudo_noise: str = "fitted"
     noise_level: str = "input"
     augment: str = "rot90flip"
     gaussian_sigma_hu: float = 20.0  # for pseudo_noise="gaussian"

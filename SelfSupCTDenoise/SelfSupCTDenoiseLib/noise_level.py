@@ -1,19 +1,32 @@
-"""Reference-free estimate of the noise level of a CT volume.
+"""Reference-free estimate of the noise of a CT volume: its level and its texture (NPS).
 
-A unit-norm Laplacian responds to noise much more than to smooth anatomy; its median absolute
-deviation over soft-tissue pixels (robust to the edges that remain) is proportional to the noise
-std for a given noise texture. The constant of proportionality for CT noise (spatially correlated,
-so not the white-noise constant) is calibrated on the training pairs and stored in the bundle:
-std(LDCT - NDCT) = k * laplacian_mad(LDCT).
+Two unit-norm Laplacians, one on neighbouring pixels and one on pixels two apart, respond to noise
+far more than to smooth anatomy; their robust std (1.4826 * MAD) over soft tissue is the noise std
+times a gain that depends only on the noise power spectrum. CT noise textures form a family
+between the training noise (a smooth kernel) and a ramp (a sharp kernel such as Ram-Lak): the
+ratio of the two responses picks the member of the family (`sharpness`), and that member's gain
+turns the fine response into the noise std. Nothing is calibrated per subject, so a dose or a
+kernel the models never saw is measured as it is.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
 import numpy as np
 from scipy import ndimage
 
-_LAPLACIAN = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=np.float32) / np.sqrt(20.0)
+from .spectrum import DEFAULT_BAND_EDGES
+
 SOFT_TISSUE_HU = (-150.0, 250.0)
+_FINE = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=np.float32) / np.sqrt(20.0)
+_COARSE = np.zeros((5, 5), dtype=np.float32)
+_COARSE[2, 2], _COARSE[0, 2], _COARSE[4, 2], _COARSE[2, 0], _COARSE[2, 4] = 4, -1, -1, -1, -1
+_COARSE /= np.sqrt(20.0)
+#: Grid on which band powers are turned into a power spectrum (the adaptation patch size).
+_GRID = 64
+_SHARPNESS = np.linspace(0.0, 1.0, 41)
 
 
 def soft_tissue_mask(slice_hu: np.ndarray) -> np.ndarray:
@@ -31,21 +44,75 @@ def soft_tissue_std(volume_hu: np.ndarray, values: np.ndarray) -> float:
     return float(values[mask].std()) if mask.sum() > 64 else float(values.std())
 
 
-def laplacian_mad(volume_hu: np.ndarray) -> float:
-    """Robust std (1.4826 * MAD) of the unit-norm Laplacian over soft tissue of (z, y, x) slices."""
-    values = []
+def _robust_std(values: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def laplacian_responses(volume_hu: np.ndarray) -> tuple:
+    """Robust std of the fine and the coarse Laplacian over the soft tissue of (z, y, x) slices
+    (NaN, NaN without soft tissue)."""
+    fine, coarse = [], []
     for slice_hu in np.asarray(volume_hu, dtype=np.float32).reshape(-1, *volume_hu.shape[-2:]):
         mask = soft_tissue_mask(slice_hu)
         if mask.sum() < 64:
             continue
-        response = ndimage.convolve(slice_hu, _LAPLACIAN, mode="reflect")
-        values.append(response[mask])
-    if not values:
-        return float("nan")
-    values = np.concatenate(values)
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+        fine.append(ndimage.convolve(slice_hu, _FINE, mode="reflect")[mask])
+        coarse.append(ndimage.convolve(slice_hu, _COARSE, mode="reflect")[mask])
+    if not fine:
+        return float("nan"), float("nan")
+    return _robust_std(np.concatenate(fine)), _robust_std(np.concatenate(coarse))
 
 
-def estimate_noise_std(volume_hu: np.ndarray, k: float) -> float:
-    """Noise std (HU) of the input, with k calibrated on the training pairs (see module doc)."""
-    return k * laplacian_mad(volume_hu)
+def _band_grid(edges: Sequence[float]):
+    """Band number and radial frequency (cycles/pixel) of each coefficient of the FFT grid."""
+    f = np.fft.fftfreq(_GRID)
+    radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    return np.digitize(radius, np.asarray(edges[1:-1]), right=False), radius
+
+
+def texture(smooth_band_power: Optional[Sequence[float]], sharpness: float,
+            edges: Sequence[float] = DEFAULT_BAND_EDGES) -> np.ndarray:
+    """Band powers (unit noise variance) of the family member `sharpness`: 0 = the smooth texture
+    given (the training noise), 1 = a ramp, as FBP with a sharp kernel makes; in between a geometric
+    blend (both rise like a ramp at low frequencies, a sharper kernel keeps more of the high ones).
+    Piecewise constant per band, as `spectrum.shape_noise` makes the pseudo-noise."""
+    index, radius = _band_grid(edges)
+    counts = np.bincount(index.ravel(), minlength=len(edges) - 1)
+    ramp = np.bincount(index.ravel(), np.minimum(radius, 0.5).ravel(), len(edges) - 1) / np.maximum(counts, 1)
+    smooth = ramp if smooth_band_power is None else np.asarray(smooth_band_power, dtype=np.float64)
+
+    def unit(power):  # variance over the grid = 1
+        return power / power[index].mean()
+
+    return unit(unit(smooth) ** (1.0 - sharpness) * unit(ramp) ** sharpness)
+
+
+def texture_psd(band_power: Sequence[float], edges: Sequence[float] = DEFAULT_BAND_EDGES) -> np.ndarray:
+    """The band powers over the FFT grid."""
+    return np.asarray(band_power)[_band_grid(edges)[0]]
+
+
+def _gain(kernel: np.ndarray, psd: np.ndarray) -> float:
+    """Std of the kernel's response to unit-variance noise of this power spectrum."""
+    response = np.abs(np.fft.fft2(kernel, psd.shape)) ** 2
+    return float(np.sqrt((psd * response).mean()))
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    std_hu: float             # noise std over soft tissue (NaN when there is none)
+    sharpness: float          # 0 = the training texture, 1 = a ramp (sharp kernel)
+    band_power: List[float]   # NPS per band for unit variance (spectrum.DEFAULT_BAND_EDGES)
+
+
+def estimate_noise(volume_hu: np.ndarray, smooth_band_power: Optional[Sequence[float]] = None,
+                   edges: Sequence[float] = DEFAULT_BAND_EDGES) -> NoiseEstimate:
+    """Noise level and texture of a (z, y, x) HU volume, with no reference (see module doc).
+    `smooth_band_power`: the training noise's band powers (bundle calibration), else a ramp."""
+    fine, coarse = laplacian_responses(volume_hu)
+    family = [texture(smooth_band_power, s, edges) for s in _SHARPNESS]
+    gains = np.array([[_gain(_FINE, texture_psd(p, edges)), _gain(_COARSE, texture_psd(p, edges))] for p in family])
+    ratios = gains[:, 0] / gains[:, 1]  # grows with sharpness
+    pick = int(np.argmin(np.abs(ratios - fine / coarse))) if np.isfinite(fine) and coarse > 0 else 0
+    std = fine / gains[pick, 0] if np.isfinite(fine) else float("nan")
+    return NoiseEstimate(float(std), float(_SHARPNESS[pick]), family[pick].tolist())

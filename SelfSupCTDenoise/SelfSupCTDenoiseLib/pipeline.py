@@ -18,10 +18,11 @@ from .bundle import Bundle, load_bundle
 from .config import AdaptConfig
 from .errors import InputError
 from .io import PathLike, check_ct_array, check_output_path, image_like, read_volume, same_file, write_volume
-from .noise_level import laplacian_mad, soft_tissue_std
+from .noise_level import NoiseEstimate, estimate_noise, soft_tissue_std
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 from .provenance import build_provenance, set_image_fields, write_sidecar
 from .quality import cast_like_input, strength_blend
+from .spectrum import DEFAULT_BAND_EDGES
 
 #: Slices used by the guard to compare the adapted and the pretrained model.
 GUARD_SLICES = 6
@@ -51,7 +52,7 @@ def pseudo_noise_std(sampler, source, norm, patches: int = 64) -> float:
 
 
 def prepare_pseudo_pairs(volume: np.ndarray, bundle: Bundle, config: AdaptConfig, device, generator,
-                         estimated_noise: float, progress: Optional[ProgressCallback] = None,
+                         estimate: NoiseEstimate, progress: Optional[ProgressCallback] = None,
                          cancel: Optional[CancelToken] = None, oracle_noise: Optional[np.ndarray] = None):
     """The patch sampler and pseudo-noise source of one run (also used by the benchmark to measure
     the pseudo-noise itself). `oracle_noise` (benchmarks only): true noise (HU) independent of the
@@ -67,7 +68,7 @@ def prepare_pseudo_pairs(volume: np.ndarray, bundle: Bundle, config: AdaptConfig
     pool = torch.from_numpy(norm.to_model(volume[pool_index]))[:, None]
     kind = "paper" if oracle_noise is not None else config.pseudo_noise
     source = PseudoNoiseSource(kind, bundle.calibration, norm, bundle.noise_histogram,
-                               config.gaussian_sigma_hu, generator)
+                               config.gaussian_sigma_hu, generator, input_band_power=estimate.band_power)
     model_noise = None
     if oracle_noise is not None:
         model_noise = torch.from_numpy(norm.noise_to_model(oracle_noise[pool_index]).astype(np.float32))[:, None]
@@ -79,9 +80,17 @@ def prepare_pseudo_pairs(volume: np.ndarray, bundle: Bundle, config: AdaptConfig
     sampler = PatchSampler(pool, model_noise, config.patch_size, config.augment, generator)
     if kind == "spectral":
         source.fit_spectrum(sampler.sample(128)[1])
-    if config.noise_level == "input" and np.isfinite(estimated_noise) and oracle_noise is None:
-        source.level_factor = estimated_noise / pseudo_noise_std(sampler, source, norm)
+    if config.noise_level == "input" and np.isfinite(estimate.std_hu) and oracle_noise is None:
+        source.level_factor = estimate.std_hu / pseudo_noise_std(sampler, source, norm)
     return sampler, source
+
+
+def estimate_input_noise(volume: np.ndarray, bundle: Bundle, config: AdaptConfig) -> NoiseEstimate:
+    """Noise level and texture of the input (the slices that feed the adaptation), with the
+    training noise texture as the smooth end of the family (see noise_level.py)."""
+    return estimate_noise(volume[evenly_spaced(len(volume), config.adapt_slices)],
+                          bundle.calibration.get("band_power_real"),
+                          bundle.calibration.get("band_edges", DEFAULT_BAND_EDGES))
 
 
 def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: Bundle,
@@ -115,11 +124,12 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
 
     if progress is not None:
         progress(ProgressEvent("noise", message="estimating the input's noise level"))
-    estimated_noise = bundle.calibration.get("k_laplacian", float("nan")) * laplacian_mad(
-        volume[evenly_spaced(len(volume), config.adapt_slices)])
+    estimate = estimate_input_noise(volume, bundle, config)
+    estimated_noise = estimate.std_hu
     run_info["estimated_noise_std_hu"] = estimated_noise
+    run_info["estimated_noise_sharpness"] = estimate.sharpness
     if config.steps > 0:
-        sampler, source = prepare_pseudo_pairs(volume, bundle, config, device, generator, estimated_noise,
+        sampler, source = prepare_pseudo_pairs(volume, bundle, config, device, generator, estimate,
                                                progress, cancel, oracle_noise)
         model, history = adapt(pretrained, sampler, source, config, progress, cancel, autocast, on_teacher_update)
         run_info["adaptation"] = {

@@ -6,7 +6,7 @@ computed once (they are frozen and X is fixed); a source then combines them per 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -17,7 +17,7 @@ from .spectrum import DEFAULT_BAND_EDGES, band_power, gains_to_match, shape_nois
 MODEL_KINDS = ("paper", "scaled", "spectral", "model+hist")
 #: Kinds whose level follows the input's estimated noise when noise_level="input". `paper` stays
 #: as written and `gaussian` has an explicit sigma.
-LEVELLED_KINDS = ("scaled", "spectral", "synthetic", "hist", "model+hist")
+LEVELLED_KINDS = ("scaled", "spectral", "synthetic", "fitted", "hist", "model+hist")
 
 
 def sample_histogram(hist: Dict[str, Any], shape, generator: torch.Generator, device) -> torch.Tensor:
@@ -36,7 +36,7 @@ class PseudoNoiseSource:
 
     def __init__(self, kind: str, calibration: Dict[str, Any], normalization: Normalization,
                  noise_histogram: Optional[Dict[str, Any]] = None, gaussian_sigma_hu: float = 20.0,
-                 generator: Optional[torch.Generator] = None) -> None:
+                 generator: Optional[torch.Generator] = None, input_band_power: Optional[Sequence[float]] = None) -> None:
         self.kind = kind
         self.calibration = calibration
         self.normalization = normalization
@@ -45,11 +45,14 @@ class PseudoNoiseSource:
         self.generator = generator or torch.Generator().manual_seed(0)
         self.level_factor = 1.0
         self.band_gains = calibration.get("band_gains")
+        self.input_band_power = input_band_power  # the input's own NPS (noise_level.estimate_noise)
         required = {"scaled": "amplitude", "spectral": "band_power_real", "synthetic": "band_power_real",
                     "model+hist": "residual_histogram"}
         if kind in required and required[kind] not in calibration:
             raise BundleError(f"This model bundle has no '{required[kind]}' calibration, needed for "
                               f"pseudo-noise '{kind}'. Use pseudo-noise 'paper' or re-create the bundle.")
+        if kind == "fitted" and input_band_power is None:
+            raise ValueError("pseudo-noise 'fitted' needs the input's estimated band powers")
         if kind == "hist" and not noise_histogram:
             raise BundleError("This model bundle has no noise histogram, needed for pseudo-noise 'hist'.")
 
@@ -92,6 +95,11 @@ class PseudoNoiseSource:
             white = torch.randn(shape, generator=self.generator).to(device)
             z = shape_noise(white, torch.as_tensor(self.calibration["band_power_real"]).sqrt().tolist(),
                             self.calibration.get("band_edges", DEFAULT_BAND_EDGES))
+        elif kind == "fitted":  # unit variance with the input's texture, at the training level
+            white = torch.randn(shape, generator=self.generator).to(device)
+            z = shape_noise(white, torch.as_tensor(self.input_band_power).sqrt().tolist(),
+                            self.calibration.get("band_edges", DEFAULT_BAND_EDGES))
+            z = z * self.normalization.noise_to_model(self.calibration.get("noise_std_soft_tissue_hu", 20.0))
         elif kind == "hist":
             z = self.normalization.noise_to_model(sample_histogram(self.noise_histogram, shape, self.generator, device))
         elif kind == "gaussian":

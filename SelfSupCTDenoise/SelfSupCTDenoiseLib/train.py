@@ -24,7 +24,7 @@ from .errors import InputError
 from .io import read_volume
 from .networks.redcnn import RedCNN
 from .networks.unet import UNet
-from .noise_level import laplacian_mad, soft_tissue_mask
+from .noise_level import soft_tissue_mask
 from .normalization import Normalization
 from .progress import CancelToken, PhaseTimer, ProgressCallback
 from .spectrum import DEFAULT_BAND_EDGES, band_power, gains_to_match
@@ -172,7 +172,6 @@ def calibrate(subjects: Sequence[Subject], noise_models: Sequence[torch.nn.Modul
     residual = (real_model - model_noise[:, :1]) * norm.scale
     real_hu = (real_model * norm.scale).flatten().numpy()
     soft = np.stack([soft_tissue_mask(s) for s in ldct[:, 0].numpy()])
-    mads = [laplacian_mad(s.ldct) for s in subjects]
     stds = [float((s.ldct - s.ndct)[np.stack([soft_tissue_mask(x) for x in s.ldct])].std()) for s in subjects]
 
     def histogram(values):
@@ -188,8 +187,6 @@ def calibrate(subjects: Sequence[Subject], noise_models: Sequence[torch.nn.Modul
         "model_real_correlation": float(np.corrcoef(model_noise[:, 0].flatten(), real_model.flatten())[0, 1]),
         "noise_std_hu": float(real_hu.std()),
         "noise_std_soft_tissue_hu": float(np.mean(stds)),
-        "train_laplacian_mad": float(np.mean(mads)),
-        "k_laplacian": float(np.mean(stds) / np.mean(mads)),
         "residual_histogram": histogram(residual.flatten().numpy()),
         "_noise_histogram": histogram(real_hu),
         "soft_tissue_fraction": float(soft.mean()),
