@@ -24,6 +24,8 @@ _FINE = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=np.float32) / np.s
 _COARSE = np.zeros((5, 5), dtype=np.float32)
 _COARSE[2, 2], _COARSE[0, 2], _COARSE[4, 2], _COARSE[2, 0], _COARSE[2, 4] = 4, -1, -1, -1, -1
 _COARSE /= np.sqrt(20.0)
+#: Soft tissue kept as flat: the fraction with the lowest gradient at this smoothing scale (pixels).
+_FLAT_FRACTION, _EDGE_SIGMA_PX = 0.75, 3.0
 #: Grid on which band powers are turned into a power spectrum (the adaptation patch size).
 _GRID = 64
 _SHARPNESS = np.linspace(0.0, 1.0, 41)
@@ -49,13 +51,17 @@ def _robust_std(values: np.ndarray) -> float:
 
 
 def laplacian_responses(volume_hu: np.ndarray) -> tuple:
-    """Robust std of the fine and the coarse Laplacian over the soft tissue of (z, y, x) slices
-    (NaN, NaN without soft tissue)."""
+    """Robust std of the fine and the coarse Laplacian over the flatter soft tissue of (z, y, x)
+    slices (NaN, NaN without soft tissue). The soft tissue with the steepest smoothed gradient
+    (organ borders, vessels) is left out: its structure would otherwise add to the responses,
+    which matters most where the noise is low."""
     fine, coarse = [], []
     for slice_hu in np.asarray(volume_hu, dtype=np.float32).reshape(-1, *volume_hu.shape[-2:]):
         mask = soft_tissue_mask(slice_hu)
         if mask.sum() < 64:
             continue
+        gradient = ndimage.gaussian_gradient_magnitude(slice_hu, _EDGE_SIGMA_PX)
+        mask &= gradient <= np.quantile(gradient[mask], _FLAT_FRACTION)
         fine.append(ndimage.convolve(slice_hu, _FINE, mode="reflect")[mask])
         coarse.append(ndimage.convolve(slice_hu, _COARSE, mode="reflect")[mask])
     if not fine:
@@ -73,12 +79,16 @@ def _band_grid(edges: Sequence[float]):
 def texture(smooth_band_power: Optional[Sequence[float]], sharpness: float,
             edges: Sequence[float] = DEFAULT_BAND_EDGES) -> np.ndarray:
     """Band powers (unit noise variance) of the family member `sharpness`: 0 = the smooth texture
-    given (the training noise), 1 = a ramp, as FBP with a sharp kernel makes; in between a geometric
+    given (the training noise), 1 = a ramp, as FBP with a sharp kernel (Ram-Lak) makes; in between a geometric
     blend (both rise like a ramp at low frequencies, a sharper kernel keeps more of the high ones).
     Piecewise constant per band, as `spectrum.shape_noise` makes the pseudo-noise."""
     index, radius = _band_grid(edges)
     counts = np.bincount(index.ravel(), minlength=len(edges) - 1)
-    ramp = np.bincount(index.ravel(), np.minimum(radius, 0.5).ravel(), len(edges) - 1) / np.maximum(counts, 1)
+    # ramp filter up to the detector's Nyquist frequency times the sinc^2 of linear interpolation
+    # in back-projection (pixel = detector spacing)
+    radius = np.minimum(radius, 0.5)
+    sharp = radius * np.sinc(radius) ** 2
+    ramp = np.bincount(index.ravel(), sharp.ravel(), len(edges) - 1) / np.maximum(counts, 1)
     smooth = ramp if smooth_band_power is None else np.asarray(smooth_band_power, dtype=np.float64)
 
     def unit(power):  # variance over the grid = 1
