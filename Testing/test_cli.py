@@ -59,7 +59,8 @@ def test_denoise_writes_outputs_with_the_input_geometry_and_provenance(cli_bundl
     assert len(result.GetMetaData("SelfSupCTDenoise_bundle.sha256")) == 64
     sidecar = read_sidecar(out)
     assert sidecar["parameters"]["seed"] == 0 and sidecar["versions"]["torch"]
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "input noise ~" in printed and "HU in soft tissue" in printed
 
 
 def test_errors_are_one_clear_line_and_write_nothing(cli_bundle, tmp_path, capsys):

@@ -126,3 +126,11 @@ def estimate_noise(volume_hu: np.ndarray, smooth_band_power: Optional[Sequence[f
     pick = int(np.argmin(np.abs(ratios - fine / coarse))) if np.isfinite(fine) and coarse > 0 else 0
     std = fine / gains[pick, 0] if np.isfinite(fine) else float("nan")
     return NoiseEstimate(float(std), float(_SHARPNESS[pick]), family[pick].tolist())
+
+
+def describe_estimate(std_hu: Optional[float], sharpness: Optional[float]) -> str:
+    """One line for people: the estimated noise of the input and its texture."""
+    if std_hu is None or not np.isfinite(std_hu):
+        return "input noise not estimated (no soft tissue)"
+    kernel = "sharp kernel" if (sharpness or 0.0) >= 0.5 else "smooth kernel"
+    return f"input noise ~{std_hu:.0f} HU in soft tissue ({kernel} texture)"

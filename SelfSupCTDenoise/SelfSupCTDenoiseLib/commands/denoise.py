@@ -10,6 +10,7 @@ from typing import List, Tuple
 
 from ..errors import Cancelled, SelfSupCTDenoiseError
 from ..io import VOLUME_SUFFIXES, _suffix
+from ..noise_level import describe_estimate
 from ..provenance import sidecar_path
 from .options import add_adapt_arguments, config_from_args
 
@@ -101,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
             continue
         finally:
             progress.close()
-        guard = info["run"].get("guard") or {}
-        note = "guard: used the pretrained model" if guard.get("fell_back") else ""
+        run = info["run"]
+        guard = run.get("guard") or {}
+        note = "; ".join(filter(None, [describe_estimate(run.get("estimated_noise_std_hu"),
+                                                         run.get("estimated_noise_sharpness")),
+                                       "guard: used the pretrained model" if guard.get("fell_back") else ""]))
         results.append((source, f"ok in {time.perf_counter() - started:.1f} s", note))
         if not batch:
             print(f"wrote {target}" + (f" and {noise_map}" if noise_map else "") + f" ({info['device']}, "
