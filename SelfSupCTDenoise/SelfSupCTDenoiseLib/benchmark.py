@@ -221,7 +221,7 @@ def _strength_rows(row: Dict[str, Any], ldct: np.ndarray, full: np.ndarray, refe
 
 def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tags: Sequence[str],
                   protocols: Sequence[str], steps: int, log: Callable[[str], None] = print,
-                  rows_filter: Optional[str] = None, strengths: bool = True) -> Dict[str, Any]:
+                  rows_filter: Optional[Sequence[str]] = None, strengths: bool = True) -> Dict[str, Any]:
     import SimpleITK as sitk
 
     from .datasets import load_manifest, subject_paths
@@ -237,7 +237,10 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
     curves: List[Dict[str, Any]] = []
     estimator: List[Dict[str, Any]] = []
     nps_ratios: Dict[str, Any] = {}
-    chosen = [m for m in methods() if m.bundle in bundles and (not rows_filter or rows_filter in m.name)]
+    if isinstance(rows_filter, str):
+        rows_filter = [rows_filter]
+    chosen = [m for m in methods() if m.bundle in bundles
+              and (not rows_filter or any(text in m.name for text in rows_filter))]
     for protocol in protocols:
         for tag in tags:
             for key in subjects:

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[ndct clean; quick: ndct]")
     parser.add_argument("--steps", type=int, help="adaptation steps [200; quick: 100]")
     parser.add_argument("--out", type=Path, default=Path("docs"))
-    parser.add_argument("--rows", help="only the rows whose name contains this text")
+    parser.add_argument("--rows", nargs="+", help="only the rows whose name contains one of these texts")
     parser.add_argument("--json-only", type=Path, help="write only the raw results here (for --merge)")
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="write the report from raw results of runs made in parallel, without running")

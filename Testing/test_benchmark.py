@@ -1,0 +1,74 @@
+"""The benchmark end to end on a tiny two-subject dataset: rows, estimator, NPS ratios, merge, report."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SelfSupCTDenoiseLib.benchmark import merge_results, run_benchmark, write_report
+from SelfSupCTDenoiseLib.phantom import clean_phantom, correlated_noise
+
+ROWS = ["LDCT", "N2C (pretrained)", "shipped default", "oracle"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Held-out phantoms at 45 HU (the bundle was trained at 30: an unseen dose), both protocols."""
+    root = tmp_path_factory.mktemp("sim")
+    subjects = []
+    for i in range(2):
+        key = f"phantom{i}"
+        (root / key).mkdir()
+        clean = clean_phantom(3, 64, seed=20 + i)
+        files = {"ndct": clean + correlated_noise(clean.shape, 5.0, seed=30 + i),  # its own noise
+                 "clean": clean}
+        files["ldct_d25_hann"] = files["ndct"] + correlated_noise(clean.shape, 45.0, seed=40 + i)
+        files["clean_ldct_d25_hann"] = clean + correlated_noise(clean.shape, 45.0, seed=50 + i)
+        for name, array in files.items():
+            sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.float32)), str(root / key / f"{name}.nrrd"))
+        subjects.append({"key": key, "split": "test"})
+    (root / "manifest.json").write_text(json.dumps({"subjects": subjects, "tags": ["d25_hann"]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(dataset, tiny_bundle):
+    return run_benchmark(dataset, {"n2c": tiny_bundle}, quick=True, tags=["d25_hann"],
+                         protocols=["ndct", "clean"], steps=20, log=lambda line: None, rows_filter=ROWS,
+                         strengths=False)
+
+
+def test_rows_cover_every_protocol_subject_and_requested_method(results):
+    cases = {(r["protocol"], r["subject"], r["method"]) for r in results["rows"]}
+    methods = {m for _, _, m in cases}
+    assert len(methods) == len(ROWS) and all(any(text in m for m in methods) for text in ROWS)
+    assert len(cases) == 2 * 2 * len(ROWS)
+    for r in results["rows"]:
+        assert np.isfinite(r["psnr_soft"]) and 0 < r["ssim_soft"] <= 1
+    by = {(r["protocol"], r["subject"], r["method"]): r["psnr_soft"] for r in results["rows"]}
+    for protocol in ("ndct", "clean"):
+        for subject in ("phantom0", "phantom1"):
+            assert by[(protocol, subject, "N2C (pretrained)")] > by[(protocol, subject, "LDCT")] + 1.0
+
+
+def test_estimator_and_nps_ratios_are_recorded_per_protocol(results):
+    clean = [e for e in results["estimator"] if e["protocol"] == "clean"]
+    assert {e["protocol"] for e in results["estimator"]} == {"ndct", "clean"} and len(clean) == 2
+    for e in clean:  # the inserted noise is the input's whole noise here
+        assert e["true_std_hu"] == pytest.approx(45.0, rel=0.1)
+        assert abs(e["error_percent"]) < 25
+    assert set(results["nps_ratios"]) == {"phantom0/d25_hann", "phantom1/d25_hann"}
+    fitted = np.asarray(results["nps_ratios"]["phantom0/d25_hann"]["fitted NPS (input level)"])
+    assert np.all(np.isfinite(fitted)) and np.all(fitted > 0)
+
+
+def test_parts_merge_without_duplicates_and_the_report_is_written(results, tmp_path):
+    halves = [dict(results, rows=[r for r in results["rows"] if r["protocol"] == p]) for p in ("ndct", "clean")]
+    merged = merge_results([halves[0], results, halves[1]])  # overlapping parts: each row once
+    assert len(merged["rows"]) == len(results["rows"])
+    assert len(merged["estimator"]) == len(results["estimator"])
+    report = write_report(merged, tmp_path, "test").read_text()
+    assert "## Protocol `clean`, d25_hann" in report and "## Protocol `ndct`, d25_hann" in report
+    assert "| clean | phantom0 | d25_hann |" in report  # the estimator table
+    assert (tmp_path / "benchmark.json").exists() and (tmp_path / "benchmark_nps_ratio.png").exists()
