@@ -41,7 +41,10 @@ QUICK_MAX_SLICES = 4
 HU_FLOOR = -1024.0  # padding outside the scan circle (-2000, -3024) is set to air
 DEFAULT_OUT = Path("data/sim")
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Sample"
-SAMPLE_FILES = {"ldct": "sample_ldct_d25_hann.nrrd", "ndct": "sample_ndct.nrrd"}
+#: ndct_denoised: the NDCT denoised with BM3D (the `clean` protocol's reference): the NDCT of the
+#: sample carries ~28 HU of its own noise, which the tool measures and removes with the rest
+SAMPLE_FILES = {"ldct": "sample_ldct_d25_hann.nrrd", "ndct": "sample_ndct.nrrd",
+                "ndct_denoised": "sample_ndct_denoised.nrrd"}
 
 Log = Callable[[str], None]
 
@@ -589,18 +592,20 @@ def write_nps_plot(dataset_dir: Path, png: Path, key: str = "pancreas",
 
 def write_sample(dataset_dir: Path, dest: Path = SAMPLE_DIR, key: str = "ts_chest", tag: str = TRAIN_TAG,
                  max_slices: int = 32) -> Dict[str, Path]:
-    """Copy one held-out subject's LDCT (training dose) and NDCT as gzip int16 NRRD into `dest`."""
+    """Copy one held-out subject's LDCT (training dose), NDCT and denoised NDCT (`clean` protocol
+    reference) as gzip int16 NRRD into `dest`."""
     import SimpleITK as sitk
 
     from .io import write_volume
 
     ldct_path, ndct_path = subject_paths(dataset_dir, key, tag)
-    if not (ldct_path.exists() and ndct_path.exists()):
-        raise InputError(f"No {key} subject with tag {tag} in {dataset_dir}: build it first.")
+    denoised_path = subject_paths(dataset_dir, key, tag, clean=True)[1]
+    if not (ldct_path.exists() and ndct_path.exists() and denoised_path.exists()):
+        raise InputError(f"No {key} subject with tag {tag} and its clean reference in {dataset_dir}: build it first.")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     written = {}
-    for role, path in (("ldct", ldct_path), ("ndct", ndct_path)):
+    for role, path in (("ldct", ldct_path), ("ndct", ndct_path), ("ndct_denoised", denoised_path)):
         image = sitk.ReadImage(str(path))
         nz = image.GetSize()[2]
         if nz > max_slices:
@@ -613,7 +618,8 @@ def write_sample(dataset_dir: Path, dest: Path = SAMPLE_DIR, key: str = "ts_ches
 
 
 def sample_paths() -> Dict[str, Path]:
-    """Paths of the shipped demo sample: {'ldct': quarter-dose LDCT, 'ndct': its normal-dose CT}."""
+    """Paths of the shipped demo sample: {'ldct': quarter-dose LDCT, 'ndct': its normal-dose CT,
+    'ndct_denoised': that CT denoised}."""
     paths = {role: SAMPLE_DIR / name for role, name in SAMPLE_FILES.items()}
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
