@@ -274,11 +274,15 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.stop()
         self.ui.progressBar.hide()
         if job.state is RunState.COMPLETED:
+            from SelfSupCTDenoiseLib.noise_level import describe_estimate
+
             info = job.result.info
-            fellBack = ((info.get("run") or {}).get("guard") or {}).get("fell_back")
+            run = info.get("run") or {}
+            fellBack = (run.get("guard") or {}).get("fell_back")
             self.ui.statusLabel.text = (
                 _("Done in {time} on {device}.").format(time=settings.formatDuration(job.result.elapsedS),
                                                         device=info.get("device", "?"))
+                + " " + describe_estimate(run.get("estimated_noise_std_hu"), run.get("estimated_noise_sharpness")) + "."
                 + (" " + _("Adaptation was rejected by the guard: the pretrained model's output is shown.")
                    if fellBack else ""))
             self.logic.showResults(job)
