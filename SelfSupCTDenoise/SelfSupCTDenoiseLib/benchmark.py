@@ -230,6 +230,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
     from .quality import hu_shift, method_noise_score, uniform_tissue_mask
 
     benchmark_start = time.perf_counter()
+    commit = _git_commit()  # the code that ran, even if the tree moves on during a long run
     manifest = load_manifest(dataset)
     subjects = [s["key"] for s in manifest["subjects"] if s["split"] == "test"]
     base = AdaptConfig(steps=steps)
@@ -310,7 +311,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
     return {"rows": rows, "curves": curves, "estimator": estimator, "nps_ratios": nps_ratios,
             "band_edges": bundles["n2c"].calibration["band_edges"],
             "meta": {"quick": quick, "steps": steps, "seconds": seconds, "tags": list(tags), "protocols": list(protocols),
-                     "subjects": subjects, "device": device, "commit": _git_commit(),
+                     "subjects": subjects, "device": device, "commit": commit,
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "bundles": {k: {"path": str(b.path), "sha256": b.sha256, "profile": b.profile.name}
                                  for k, b in bundles.items()},
