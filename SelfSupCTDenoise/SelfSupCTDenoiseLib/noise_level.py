@@ -121,7 +121,8 @@ def estimate_noise(volume_hu: np.ndarray, smooth_band_power: Optional[Sequence[f
     `smooth_band_power`: the training noise's band powers (bundle calibration), else a ramp."""
     fine, coarse = laplacian_responses(volume_hu)
     family = [texture(smooth_band_power, s, edges) for s in _SHARPNESS]
-    gains = np.array([[_gain(_FINE, texture_psd(p, edges)), _gain(_COARSE, texture_psd(p, edges))] for p in family])
+    psds = [texture_psd(p, edges) for p in family]
+    gains = np.array([[_gain(_FINE, psd), _gain(_COARSE, psd)] for psd in psds])
     ratios = gains[:, 0] / gains[:, 1]  # grows with sharpness
     pick = int(np.argmin(np.abs(ratios - fine / coarse))) if np.isfinite(fine) and coarse > 0 else 0
     std = fine / gains[pick, 0] if np.isfinite(fine) else float("nan")

@@ -63,6 +63,12 @@ class PseudoNoiseSource:
     def _rand_index(self, high: int, shape, device) -> torch.Tensor:
         return torch.randint(high, shape, generator=self.generator).to(device)
 
+    def _textured(self, band_power: Sequence[float], shape, device) -> torch.Tensor:
+        """Gaussian noise with these band powers (its NPS per band)."""
+        white = torch.randn(shape, generator=self.generator).to(device)
+        return shape_noise(white, torch.as_tensor(band_power).sqrt().tolist(),
+                           self.calibration.get("band_edges", DEFAULT_BAND_EDGES))
+
     def ensemble(self, model_noise: torch.Tensor) -> torch.Tensor:
         """Per-pixel random choice among the m model outputs (B, m, p, p) -> (B, 1, p, p)."""
         b, m, h, w = model_noise.shape
@@ -92,13 +98,9 @@ class PseudoNoiseSource:
             residual = sample_histogram(self.calibration["residual_histogram"], shape, self.generator, device)
             z = z + self.normalization.noise_to_model(residual)
         elif kind == "synthetic":
-            white = torch.randn(shape, generator=self.generator).to(device)
-            z = shape_noise(white, torch.as_tensor(self.calibration["band_power_real"]).sqrt().tolist(),
-                            self.calibration.get("band_edges", DEFAULT_BAND_EDGES))
+            z = self._textured(self.calibration["band_power_real"], shape, device)
         elif kind == "fitted":  # unit variance with the input's texture, at the training level
-            white = torch.randn(shape, generator=self.generator).to(device)
-            z = shape_noise(white, torch.as_tensor(self.input_band_power).sqrt().tolist(),
-                            self.calibration.get("band_edges", DEFAULT_BAND_EDGES))
+            z = self._textured(self.input_band_power, shape, device)
             z = z * self.normalization.noise_to_model(self.calibration.get("noise_std_soft_tissue_hu", 20.0))
         elif kind == "hist":
             z = self.normalization.noise_to_model(sample_histogram(self.noise_histogram, shape, self.generator, device))
