@@ -72,3 +72,17 @@ def test_parts_merge_without_duplicates_and_the_report_is_written(results, tmp_p
     assert "## Protocol `clean`, d25_hann" in report and "## Protocol `ndct`, d25_hann" in report
     assert "| clean | phantom0 | d25_hann |" in report  # the estimator table
     assert (tmp_path / "benchmark.json").exists() and (tmp_path / "benchmark_nps_ratio.png").exists()
+
+
+def test_supervised_ceiling_runs_on_the_clean_protocol_only_and_bm3d_uses_the_estimate(dataset, tiny_bundle):
+    rows = run_benchmark(dataset, {"n2c": tiny_bundle}, quick=False, tags=["d25_hann"], protocols=["ndct", "clean"],
+                         steps=60, log=lambda line: None, rows_filter=["pretrained", "ceiling", "BM3D"],
+                         strengths=False)["rows"]
+    by = {(r["protocol"], r["subject"], r["method"].split(" (")[0]): r["psnr_soft"] for r in rows}
+    ceiling = "N2C + supervised ceiling"
+    assert {k for k in by if k[2] == ceiling} == {("clean", "phantom0", ceiling), ("clean", "phantom1", ceiling)}
+    for subject in ("phantom0", "phantom1"):
+        # fine-tuned on the noise-free reference of the same volume: it must get closer to it
+        assert by[("clean", subject, ceiling)] > by[("clean", subject, "N2C")] + 0.05
+        # BM3D given the estimated level and texture of 45 HU noise removes most of it
+        assert by[("clean", subject, "BM3D with the noise PSD")] > by[("clean", subject, "N2C")] - 3.0
