@@ -65,7 +65,9 @@ def test_estimator_and_nps_ratios_are_recorded_per_protocol(results):
 
 def test_parts_merge_without_duplicates_and_the_report_is_written(results, tmp_path):
     halves = [dict(results, rows=[r for r in results["rows"] if r["protocol"] == p]) for p in ("ndct", "clean")]
+    halves[1] = dict(halves[1], meta=dict(results["meta"], date="2999-01-01 00:00 UTC"))
     merged = merge_results([halves[0], results, halves[1]])  # overlapping parts: each row once
+    assert merged["meta"]["date"] == "2999-01-01 00:00 UTC"  # the newest part's
     assert len(merged["rows"]) == len(results["rows"])
     assert len(merged["estimator"]) == len(results["estimator"])
     report = write_report(merged, tmp_path, "test").read_text()

@@ -191,6 +191,7 @@ def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     merged["meta"]["command"] = "`, then `".join(p["meta"].get("command", "?") for p in parts)
     merged["meta"]["seconds_per_part"] = [p["meta"].get("seconds") for p in parts]
     merged["meta"]["commit"] = ", ".join(dict.fromkeys(p["meta"]["commit"] for p in parts))
+    merged["meta"]["date"] = max(p["meta"]["date"] for p in parts)  # the newest part's
     merged["meta"]["bundles"] = {k: v for p in parts for k, v in p["meta"]["bundles"].items()}
     return merged
 
@@ -427,7 +428,9 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
                   "these steps, an upper mark for any pseudo-noise.", "",
                   "| protocol | tag | method | " + " | ".join(meta["subjects"]) + " | min |",
                   "|---|---|---|" + "---|" * (len(meta["subjects"]) + 1)]
-        for (protocol, tag, name), per_subject in gains.items():
+        rank = {name: i for i, name in enumerate(names)}
+        for (protocol, tag, name), per_subject in sorted(gains.items(), key=lambda item: (
+                meta["protocols"].index(item[0][0]), meta["tags"].index(item[0][1]), rank.get(item[0][2], len(rank)))):
             lines.append(f"| {protocol} | {tag} | {name} | "
                          + " | ".join(f"{per_subject[s]:+.2f}" if s in per_subject else "-" for s in meta["subjects"])
                          + f" | {min(per_subject.values()):+.2f} |")
