@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from conftest import ROOT
 from SelfSupCTDenoiseLib.cli import main
+from SelfSupCTDenoiseLib.noise_level import soft_tissue_std
 from SelfSupCTDenoiseLib.phantom import noisy_pair
 from SelfSupCTDenoiseLib.provenance import read_sidecar
 
@@ -150,3 +151,15 @@ def test_measure_reports_region_noise_equal_to_numpy_and_the_trust_numbers(tmp_p
     np.testing.assert_allclose(rows["noise map"]["mean"], (ldct - ndct)[1:5, 70:90, 60:100].mean(), atol=1e-4)
     assert abs(report["hu_shift"]["overall"]) < 2.0  # removing exactly the noise shifts no tissue value
     assert report["method_noise"]["score"] < 0.15
+
+
+def test_measure_alone_reports_the_input_noise_estimate(tmp_path, capsys, tiny_bundle):
+    ldct, ndct = noisy_pair(8, 160, 30.0, seed=9)
+    source = save(ldct, tmp_path / "in.nrrd")
+    # the tiny bundle was trained on this phantom noise: its texture anchors the estimate
+    assert main(["measure", str(source), "--bundle", str(tiny_bundle.path), "--json", str(tmp_path / "m.json")]) == 0
+    estimate = json.loads((tmp_path / "m.json").read_text())["input_noise_estimate"]
+    true_std = soft_tissue_std(ldct, ldct - ndct)
+    assert abs(estimate["std_hu"] - true_std) < 0.2 * true_std
+    assert f"input noise ~{estimate['std_hu']:.0f} HU" in capsys.readouterr().out
+    assert main(["measure", str(source), "--region", "1:5,70:90,60:100"]) == 2  # a region needs the output
