@@ -424,8 +424,9 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
     if gains:
         lines += ["## Gain of adaptation over the pretrained model (PSNR soft, dB, per subject)", "",
                   "The supervised ceiling row (protocol `clean`) fine-tunes the pretrained model on the volume's own "
-                  "noise-free reference with the adaptation's budget: what the best possible target reaches in "
-                  "these steps, an upper mark for any pseudo-noise.", "",
+                  "noise-free reference with the adaptation's budget: what the true target reaches in these steps, "
+                  "a practical upper mark for any pseudo-noise (not a strict bound: it has no teacher updates "
+                  "or learning-rate schedule).", "",
                   "| protocol | tag | method | " + " | ".join(meta["subjects"]) + " | min |",
                   "|---|---|---|" + "---|" * (len(meta["subjects"]) + 1)]
         rank = {name: i for i, name in enumerate(names)}
