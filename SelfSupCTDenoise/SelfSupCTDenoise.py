@@ -274,7 +274,7 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.stop()
         self.ui.progressBar.hide()
         if job.state is RunState.COMPLETED:
-            from SelfSupCTDenoiseLib.noise_level import describe_estimate
+            from SelfSupCTDenoiseLib.noise_level import describe_run_estimate
 
             info = job.result.info
             run = info.get("run") or {}
@@ -282,7 +282,7 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = (
                 _("Done in {time} on {device}.").format(time=settings.formatDuration(job.result.elapsedS),
                                                         device=info.get("device", "?"))
-                + " " + describe_estimate(run.get("estimated_noise_std_hu"), run.get("estimated_noise_sharpness")) + "."
+                + " " + describe_run_estimate(run) + "."
                 + (" " + _("Adaptation was rejected by the guard: the pretrained model's output is shown.")
                    if fellBack else ""))
             self.logic.showResults(job)

@@ -145,21 +145,22 @@ def fine_tune_on_reference(ldct: np.ndarray, reference: np.ndarray, bundle: Bund
     import torch.nn.functional as F
 
     from .adapt import PatchSampler
-    from .inference import apply_slicewise
+    from .inference import apply_slicewise, resolve_device
     from .pipeline import evenly_spaced
 
     norm = bundle.normalization
+    device = resolve_device(config.device)  # where the adapted rows run
     torch.manual_seed(config.seed)
     index = evenly_spaced(len(ldct), config.adapt_slices)
     # the reference rides in the sampler's aligned channel: same crop and transform as its LDCT patch
     sampler = PatchSampler(torch.from_numpy(norm.to_model(ldct[index]))[:, None],
                            torch.from_numpy(norm.to_model(reference[index]))[:, None],
                            config.patch_size, config.augment, torch.Generator().manual_seed(config.seed))
-    model = bundle.build_denoiser(torch.device("cpu")).train().requires_grad_(True)
+    model = bundle.build_denoiser(device).train().requires_grad_(True)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     for _ in range(config.steps):
         x, target = sampler.sample(config.batch_size)
-        loss = F.mse_loss(model(x), target)
+        loss = F.mse_loss(model(x.to(device)), target.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -175,11 +176,13 @@ def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Combine runs made in parallel (e.g. one process per dose) into one result."""
     merged = {"rows": [], "curves": [], "estimator": [], "nps_ratios": {}, "band_edges": parts[0]["band_edges"],
               "meta": dict(parts[0]["meta"])}
-    seen = set()
+    seen, cases = set(), set()
     for part in parts:
         merged["curves"] += part["curves"]
-        merged["estimator"] += [e for e in part["estimator"]
-                                if _case(e) not in {_case(m) for m in merged["estimator"]}]
+        for entry in part["estimator"]:  # one estimate per case, like the rows
+            if _case(entry) not in cases:
+                cases.add(_case(entry))
+                merged["estimator"].append(entry)
         for row in part["rows"]:  # a row measured twice (overlapping parts) is kept once
             key = (row["protocol"], row["tag"], row["subject"], row["method"])
             if key not in seen:

@@ -12,7 +12,7 @@ kernel the models never saw is measured as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -135,3 +135,8 @@ def describe_estimate(std_hu: Optional[float], sharpness: Optional[float]) -> st
         return "input noise not estimated (no soft tissue)"
     kernel = "sharp kernel" if (sharpness or 0.0) >= 0.5 else "smooth kernel"
     return f"input noise ~{std_hu:.0f} HU in soft tissue ({kernel} texture)"
+
+
+def describe_run_estimate(run: Mapping[str, Any]) -> str:
+    """`describe_estimate` of the estimate a run recorded (pipeline.denoise_array's info["run"])."""
+    return describe_estimate(run.get("estimated_noise_std_hu"), run.get("estimated_noise_sharpness"))

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import resolve_device
     from ..io import image_like, read_volume, write_volume
     from ..metrics import compare
-    from ..noise_level import describe_estimate
+    from ..noise_level import describe_run_estimate
     from ..pipeline import denoise_array
     from ..provenance import set_image_fields, write_sidecar
     from ..quality import cast_like_input
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         write_volume(written, path)
     write_sidecar(outputs["denoised"], result.info)
     run = result.info["run"]
-    print("\n" + describe_estimate(run.get("estimated_noise_std_hu"), run.get("estimated_noise_sharpness")))
+    print("\n" + describe_run_estimate(run))
     for title, reference in (("against the normal-dose CT (it carries ~28 HU of its own noise, which the tool "
                               "also removes)", ndct),
                              ("against the normal-dose CT denoised with BM3D (all noise counts as noise)",

@@ -10,7 +10,7 @@ from typing import List, Tuple
 
 from ..errors import Cancelled, SelfSupCTDenoiseError
 from ..io import VOLUME_SUFFIXES, _suffix
-from ..noise_level import describe_estimate
+from ..noise_level import describe_run_estimate
 from ..provenance import sidecar_path
 from .options import add_adapt_arguments, config_from_args
 
@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
         run = info["run"]
         guard = run.get("guard") or {}
-        note = "; ".join(filter(None, [describe_estimate(run.get("estimated_noise_std_hu"),
-                                                         run.get("estimated_noise_sharpness")),
+        note = "; ".join(filter(None, [describe_run_estimate(run),
                                        "guard: used the pretrained model" if guard.get("fell_back") else ""]))
         results.append((source, f"ok in {time.perf_counter() - started:.1f} s", note))
         if not batch:

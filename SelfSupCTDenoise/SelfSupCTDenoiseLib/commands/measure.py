@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     import SimpleITK as sitk
 
     from ..bundle import default_bundle_dir, load_bundle
@@ -41,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     # the same estimate a denoising run makes (its pseudo-noise level and texture)
     estimate = estimate_input_noise(source, load_bundle(args.bundle or default_bundle_dir("lite")), AdaptConfig())
     print(f"{args.input.name}: {describe_estimate(estimate.std_hu, estimate.sharpness)}")
-    report = {"input_noise_estimate": {"std_hu": estimate.std_hu, "sharpness": estimate.sharpness,
-                                       "band_power": estimate.band_power}}
+    report = {"input_noise_estimate": asdict(estimate)}
     if args.output is not None:
         result = sitk.GetArrayFromImage(read_volume(args.output)).astype("float32")
         if source.shape != result.shape:
