@@ -32,6 +32,7 @@ from SelfSupCTDenoiseLogic.runner import RunState, WorkerRunner
 DEFAULTS = AdaptConfig()
 PAPER = ("D. Won, E. Jung, S. An, P. Chikontwe, S. H. Park. Self-Supervised Learning based CT Denoising using "
          "Pseudo-CT Image Pairs. MICCAI PRIME workshop 2021. arXiv:2104.02326")
+DOCUMENTATION_URL = "https://github.com/selfsupctdenoise/SlicerSelfSupCTDenoise#readme"
 
 
 class SelfSupCTDenoise(ScriptedLoadableModule):
@@ -40,14 +41,15 @@ class SelfSupCTDenoise(ScriptedLoadableModule):
         self.parent.title = _("SelfSup CT Denoise")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Filtering")]
         self.parent.dependencies = []
-        self.parent.contributors = ["SelfSupCTDenoise contributors"]
+        self.parent.contributors = ["SelfSupCTDenoise maintainers (independent open-source project)"]
+        # Values go in after the lookup: _() finds a translation by the exact source text.
         self.parent.helpText = _(
             "<b>For research use only, not for diagnosis.</b> Denoises a low-dose CT volume (values in HU) by "
             "adapting a pre-trained denoiser to that volume alone (self-supervised test-time adaptation on "
             "pseudo-CT pairs), then shows LDCT | denoised | noise map side by side. Check the noise map: "
             "anatomy visible in it was removed. Everything runs locally; no data leaves this computer.<br>"
-            "See the <a href='https://github.com/selfsupctdenoise/SelfSupCTDenoise#readme'>documentation</a>."
-            f"<br><br>Method: {PAPER}.")
+            "See the <a href='{url}'>documentation</a>.<br><br>Method: {paper}.").format(url=DOCUMENTATION_URL,
+                                                                                        paper=PAPER)
         self.parent.acknowledgementText = _(
             "Implements the method of Won et al. (DGIST), who published no code; this is an independent "
             "implementation. Torch is installed through the SlicerPyTorch extension (PyTorchUtils).")
@@ -69,6 +71,7 @@ class SelfSupCTDenoiseParameterNode:
     batchSize: Annotated[int, WithinRange(1, 256)] = DEFAULTS.batch_size
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = DEFAULTS.seed
     device: Annotated[str, Choice(list(settings.DEVICE_CHOICES))] = DEFAULTS.device
+    threads: Annotated[int, WithinRange(0, 1024)] = DEFAULTS.threads  # CPU threads; 0 = all cores
     pretrainedOnly: bool = False
 
 
@@ -175,6 +178,7 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.noiseMapSelector.enabled = params.createNoiseMap and not running
         self.ui.deviceInfoLabel.text = self.logic.deviceDescription(params.device)
+        self.ui.modelBundleComboBox.toolTip = settings.autoBundleHelp(self.logic.useCuda(params.device))
         if self.logic.gpus is None and not self._gpuRecheckPending:  # detection runs in a thread
             self._gpuRecheckPending = True
             qt.QTimer.singleShot(300, self._recheckGpus)
@@ -274,17 +278,7 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.stop()
         self.ui.progressBar.hide()
         if job.state is RunState.COMPLETED:
-            from SelfSupCTDenoiseLib.noise_level import describe_run_estimate
-
-            info = job.result.info
-            run = info.get("run") or {}
-            fellBack = (run.get("guard") or {}).get("fell_back")
-            self.ui.statusLabel.text = (
-                _("Done in {time} on {device}.").format(time=settings.formatDuration(job.result.elapsedS),
-                                                        device=info.get("device", "?"))
-                + " " + describe_run_estimate(run) + "."
-                + (" " + _("Adaptation was rejected by the guard: the pretrained model's output is shown.")
-                   if fellBack else ""))
+            self.ui.statusLabel.text = self.logic.completedRunText(job)
             self.logic.showResults(job)
         elif job.state is RunState.CANCELLED:
             self.ui.statusLabel.text = _("Cancelled; nothing was created.")
@@ -331,7 +325,8 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
     def configFromParameters(self, params: SelfSupCTDenoiseParameterNode) -> dict:
         return settings.buildConfig(steps=params.steps, period=params.period, learningRate=params.learningRate,
                                     batchSize=params.batchSize, seed=params.seed, device=params.device,
-                                    strength=params.strength, pretrainedOnly=params.pretrainedOnly)
+                                    strength=params.strength, pretrainedOnly=params.pretrainedOnly,
+                                    threads=int(params.threads))
 
     def estimateText(self, params: SelfSupCTDenoiseParameterNode) -> str:
         volume = params.inputVolume
@@ -388,9 +383,11 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolume, outputVolume=None, noiseMapVolume=None, createNoiseMap: bool = True,
                 config: Optional[dict] = None, bundlePath=None, waitForCompletion: bool = True,
                 timeout: Optional[float] = None, onProgress=None, onFinished=None) -> DenoiseJob:
-        """Denoise `inputVolume`. Raises ValueError before starting if the input or parameters are
-        unusable. With `waitForCompletion` returns when done (check `job.state`, `job.message`)."""
-        config = settings.buildConfig(**_panelKeywords(config or {}))
+        """Denoise `inputVolume`. `config` takes `AdaptConfig` fields (`steps`, `lr`, `batch_size`, ...)
+        or the panel's names (`learningRate`, `batchSize`, `pretrainedOnly`); the rest are defaults.
+        Raises ValueError before starting if the input or parameters are unusable (an unknown key
+        included). With `waitForCompletion` returns when done (check `job.state`, `job.message`)."""
+        config = settings.configFromMapping(config or {})
         if self.gpus is None:
             self.gpus = settings.detectGpus()
         useCuda = self.useCuda(config["device"])
@@ -439,12 +436,19 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
     def showResults(self, job: DenoiseJob) -> None:
         nodes.showThreeViews(job.inputVolume, job.outputVolume, job.noiseMapVolume)
 
+    def completedRunText(self, job: DenoiseJob) -> str:
+        """The status line of a completed run: time, device, the input's estimated noise, and whether
+        the guard kept the pretrained model. Runs in Slicer's process: nothing here imports torch."""
+        from SelfSupCTDenoiseLib.noise_level import describe_run_estimate
 
-def _panelKeywords(config: dict) -> dict:
-    """Accept engine field names (steps, lr, batch_size, ...) in `process(config=...)`."""
-    values = dict(DEFAULTS.to_dict(), **config)
-    renamed = {"learningRate": values.pop("lr"), "batchSize": values.pop("batch_size")}
-    return dict(values, **renamed)
+        info = job.result.info
+        run = info.get("run") or {}
+        fellBack = (run.get("guard") or {}).get("fell_back")
+        return (_("Done in {time} on {device}.").format(time=settings.formatDuration(job.result.elapsedS),
+                                                        device=info.get("device", "?"))
+                + " " + describe_run_estimate(run) + "."
+                + (" " + _("Adaptation was rejected by the guard: the pretrained model's output is shown.")
+                   if fellBack else ""))
 
 
 class SelfSupCTDenoiseTest(ScriptedLoadableModuleTest):

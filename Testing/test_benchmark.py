@@ -86,5 +86,6 @@ def test_supervised_ceiling_runs_on_the_clean_protocol_only_and_bm3d_uses_the_es
     for subject in ("phantom0", "phantom1"):
         # fine-tuned on the noise-free reference of the same volume: it must get closer to it
         assert by[("clean", subject, ceiling)] > by[("clean", subject, "N2C")] + 0.05
-        # BM3D given the estimated level and texture of 45 HU noise removes most of it
-        assert by[("clean", subject, "BM3D with the noise PSD")] > by[("clean", subject, "N2C")] - 3.0
+        # BM3D given the estimated level and texture of 45 HU noise removes most of it: well ahead of
+        # the pretrained model, which was trained at 30 HU (measured +2.6 and +3.2 dB)
+        assert by[("clean", subject, "BM3D with the noise PSD")] > by[("clean", subject, "N2C")] + 2.0

@@ -88,3 +88,26 @@ def test_pretraining_resumes_from_checkpoints(tmp_path):
     first_denoiser_steps = [s for p, s in resumed if p == "pretrain denoiser" and s > 0]
     assert first_denoiser_steps[0] == 21  # continued after the checkpoint at step 20
     assert len(json.loads((bundle.path / "loss_curves.json").read_text())["denoiser"]) == 40
+
+
+def test_shipped_bundles_are_trained_only_on_redistributable_ct():
+    """Weights derived from CT ship with an Apache-2.0 extension only where the CT's licence allows
+    it: every training subject of every shipped bundle names its licence, and none is NC/ND."""
+    from SelfSupCTDenoiseLib.bundle import models_dir
+    from SelfSupCTDenoiseLib.train import redistributable
+
+    manifests = sorted(models_dir().glob("*/manifest.json"))
+    assert manifests
+    for path in manifests:
+        subjects = json.loads(path.read_text())["training"]["subjects"]
+        assert subjects, path
+        for subject in subjects:
+            assert subject.get("licence") and redistributable(subject["licence"]), (path, subject)
+
+
+def test_licence_rule_refuses_non_commercial_and_unknown():
+    from SelfSupCTDenoiseLib.train import redistributable
+
+    assert redistributable("Apache-2.0") and redistributable("CC BY 3.0") and redistributable("BSD-3-Clause")
+    assert not redistributable("CC BY-NC-SA 4.0 (CQ500; file in MIT-licensed pydicom-data)")
+    assert not redistributable("CC BY-ND 4.0") and not redistributable("unknown") and not redistributable("")

@@ -1,5 +1,8 @@
 """DICOM output: a synthetic CT series in, a derived series out, read back by SimpleITK and pydicom."""
 
+import shutil
+import subprocess
+
 import numpy as np
 import pydicom
 import pytest
@@ -17,6 +20,9 @@ ORIGIN = (-112.5, -80.25, 31.0)
 SPACING = (0.7, 0.7, 2.5)
 ROWS = COLUMNS = 32
 SLICES = 6
+#: The acquiring scanner, as a source series names it (General Equipment module).
+SCANNER = {"Manufacturer": "ACME", "ManufacturerModelName": "Tomo 64", "SoftwareVersions": "VB42",
+           "StationName": "CT01", "DeviceSerialNumber": "SN-123", "InstitutionName": "General Hospital"}
 
 
 def make_ct_series(folder, hu, direction=(1, 0, 0, 0, 1, 0)):
@@ -38,6 +44,9 @@ def make_ct_series(folder, hu, direction=(1, 0, 0, 0, 1, 0)):
         ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240102", "101500", "ACC1", "S1"
         ds.Modality, ds.SeriesNumber, ds.SeriesDescription = "CT", 3, "Abdomen 2.5mm"
         ds.Manufacturer, ds.KVP, ds.ConvolutionKernel = "ACME", "120", "B30f"
+        for keyword, value in SCANNER.items():
+            setattr(ds, keyword, value)
+        ds.PatientPosition, ds.BodyPartExamined, ds.BurnedInAnnotation = "HFS", "ABDOMEN", "NO"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.InstanceNumber = int(k) + 1
         ds.ImagePositionPatient = [float(v) for v in np.array(ORIGIN) + k * SPACING[2] * normal]
@@ -194,3 +203,126 @@ def test_rescale_rule_and_description_length():
     long = series_description("X" * 80, DENOISED_SUFFIX)
     assert len(long) <= 64 and long.endswith(" " + DENOISED_SUFFIX)
     assert series_description("", DENOISED_SUFFIX) == DENOISED_SUFFIX
+
+
+# --- the derived series tells who made it and how (issue #12, item 15) ---
+
+PROVENANCE = {"parameters": {"strength": 0.75, "steps": 200}, "seed": 0,
+              "bundle": {"name": "lite", "sha256": "0123456789abcdef" * 4}}
+
+
+def _code(item):
+    return item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning
+
+
+def _as_tuple(code):
+    return code.value, code.scheme_designator, code.meaning
+
+
+def test_derived_series_names_this_software_as_its_equipment_and_the_scanner_as_contributor(ct_series, tmp_path):
+    from datetime import datetime, timedelta
+
+    from pydicom.sr.codedict import codes
+    from pydicom.valuerep import DT
+
+    from SelfSupCTDenoiseLib import __version__
+
+    source_dir, *_ = ct_series
+    source = read_source_series(source_dir)
+    image = read_series(source_dir)
+    files = write_dicom_series(_float_denoised(image), source, tmp_path / "out", provenance=PROVENANCE)
+    noise = write_dicom_series(image, source, tmp_path / "noise", suffix=NOISE_MAP_SUFFIX, provenance=PROVENANCE)
+    for path, src in zip(files, source.headers):
+        h = pydicom.dcmread(str(path))
+        # General Equipment: the equipment that produced these instances is this software
+        assert (h.Manufacturer, h.ManufacturerModelName, h.SoftwareVersions) == (
+            "SelfSupCTDenoise project", "SelfSupCTDenoise", __version__)
+        assert "StationName" not in h and "DeviceSerialNumber" not in h
+        scanner, software = h.ContributingEquipmentSequence
+        assert _code(scanner.PurposeOfReferenceCodeSequence[0]) == _as_tuple(codes.DCM.AcquisitionEquipment)
+        assert {k: str(scanner.get(k)) for k in SCANNER} == SCANNER  # the scanner's identity, moved here
+        assert _code(software.PurposeOfReferenceCodeSequence[0]) == _as_tuple(codes.DCM.ProcessingEquipment)
+        assert (software.Manufacturer, software.ManufacturerModelName, software.SoftwareVersions) == (
+            "SelfSupCTDenoise project", "SelfSupCTDenoise", __version__)
+        made = DT(software.ContributionDateTime)
+        assert made.tzinfo is not None and abs(made - datetime.now().astimezone()) < timedelta(minutes=5)
+        assert software.ContributionDescription == h.DerivationDescription
+        for expected in ("strength 0.75", "steps 200", "seed 0", "sha256 0123456789abcdef", __version__):
+            assert expected in h.DerivationDescription
+        assert [_code(c) for c in h.DerivationCodeSequence] == [_as_tuple(codes.DCM.Smoothing)]
+        reference, = h.SourceImageSequence
+        assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == (
+            src.SOPClassUID, src.SOPInstanceUID)
+        assert _code(reference.PurposeOfReferenceCodeSequence[0]) == _as_tuple(
+            codes.DCM.SourceImageForImageProcessingOperation)
+        assert h.BurnedInAnnotation == "NO" and list(h.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    noise_header = pydicom.dcmread(str(noise[0]))
+    assert [_code(c) for c in noise_header.DerivationCodeSequence] == [
+        _as_tuple(codes.DCM.Smoothing), _as_tuple(codes.DCM.PixelByPixelSubtraction)]
+
+
+def test_derived_series_reads_back_in_highdicom(ct_series, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    from pydicom.sr.codedict import codes
+
+    source_dir, *_ = ct_series
+    image = read_series(source_dir)
+    files = write_dicom_series(_float_denoised(image), read_source_series(source_dir), tmp_path / "out",
+                               provenance=PROVENANCE)
+    first = hd.imread(str(files[0]))
+    assert first.SOPInstanceUID == pydicom.dcmread(str(files[0])).SOPInstanceUID
+    # the scanner's item holds what highdicom itself builds from the same values
+    built = hd.ContributingEquipment(
+        SCANNER["Manufacturer"], codes.DCM.AcquisitionEquipment,
+        manufacturer_model_name=SCANNER["ManufacturerModelName"], software_versions=SCANNER["SoftwareVersions"],
+        device_serial_number=SCANNER["DeviceSerialNumber"], institution_name=SCANNER["InstitutionName"],
+        station_name=SCANNER["StationName"])
+    scanner = first.ContributingEquipmentSequence[0]
+    assert all(scanner[tag].value == element.value for tag, element in built.items() if tag != 0x0040A170)
+    assert _code(scanner.PurposeOfReferenceCodeSequence[0]) == _code(built.PurposeOfReferenceCodeSequence[0])
+    volume = hd.get_volume_from_series([pydicom.dcmread(str(f)) for f in files])
+    assert volume.spatial_shape == (SLICES, ROWS, COLUMNS)
+    np.testing.assert_allclose(volume.spacing, (SPACING[2], SPACING[1], SPACING[0]), atol=1e-4)
+    # highdicom stacks the slices in its own order: bring its volume onto the written image's grid
+    reference = hd.Volume.from_simpleitk(_float_denoised(image))
+    matched = volume.match_geometry(reference, tol=1e-4)
+    assert matched.geometry_equal(reference, tol=1e-4)
+    np.testing.assert_allclose(matched.array, reference.array, atol=1 / 16)  # stored to slope/2 at most
+
+
+def test_a_source_that_was_itself_derived_keeps_its_history(ct_series, tmp_path):
+    from pydicom.sr.codedict import codes
+
+    source_dir, *_ = ct_series
+    source = read_source_series(source_dir)
+    earlier = pydicom.Dataset()
+    earlier.Manufacturer = "Earlier Tool Inc"
+    purpose = pydicom.Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = "109103", "DCM", "Modifying Equipment"
+    earlier.PurposeOfReferenceCodeSequence = [purpose]
+    for header in source.headers:  # a source made by other processing of the scanner's images
+        header.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        header.ContributingEquipmentSequence = [earlier]
+    files = write_dicom_series(read_series(source_dir), source, tmp_path / "out")
+    h = pydicom.dcmread(str(files[0]))
+    assert [e.Manufacturer for e in h.ContributingEquipmentSequence] == [
+        "Earlier Tool Inc", "ACME", "SelfSupCTDenoise project"]
+    # the source's equipment made derived images: it processed, it did not acquire
+    assert _code(h.ContributingEquipmentSequence[1].PurposeOfReferenceCodeSequence[0]) == _as_tuple(
+        codes.DCM.ProcessingEquipment)
+    assert len(source.headers[0].ContributingEquipmentSequence) == 1  # the source headers are untouched
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
+def test_dciodvfy_finds_no_error_in_the_derived_series(ct_series, tmp_path):
+    source_dir, *_ = ct_series
+    source = read_source_series(source_dir)
+    for header in source.headers:  # a source lacking an attribute the CT IOD requires (type 2C)
+        del header.PatientPosition
+    image = read_series(source_dir)
+    for folder, suffix in (("out", DENOISED_SUFFIX), ("noise", NOISE_MAP_SUFFIX)):
+        files = write_dicom_series(image, source, tmp_path / folder, suffix=suffix, provenance=PROVENANCE)
+        report = subprocess.run(["dciodvfy", "-new", str(files[0])], capture_output=True, text=True, timeout=60)
+        lines = (report.stdout + report.stderr).splitlines()
+        assert lines[0] == "CTImage"  # the IOD it was checked against
+        assert [line for line in lines if line.startswith("Error")] == []

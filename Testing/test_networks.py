@@ -31,7 +31,7 @@ def test_redcnn_keeps_size_and_starts_as_identity(shape):
 def test_redcnn_rejects_too_small_and_bad_arguments():
     with pytest.raises(ValueError, match="at least 21"):
         RedCNN(channels=4, kernel_size=5)(torch.zeros(1, 1, 20, 40))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="kernel_size a positive odd number"):
         RedCNN(kernel_size=4)
 
 

@@ -1,5 +1,8 @@
+import os
+
 import numpy as np
 import pytest
+import torch
 
 from SelfSupCTDenoiseLib.config import AdaptConfig
 from SelfSupCTDenoiseLib.errors import Cancelled
@@ -91,3 +94,117 @@ def test_progress_reports_every_phase_and_cancel_stops_within_a_step(tiny_bundle
     with pytest.raises(Cancelled):
         denoise_array(ldct, (1, 1, 1), tiny_bundle, AdaptConfig(steps=50, **FAST), cancel_at_step_3, token)
     assert max(e.step for e in seen if e.phase == "adapt") == 3
+
+
+# --- a run reflects every step; a diverging run never writes NaN ---------------------------------
+
+
+def test_steps_short_of_one_period_change_the_output(tiny_bundle, unseen_dose):
+    ldct = unseen_dose[0][:3]
+    config = AdaptConfig(steps=5, guard=False, **{**FAST, "period": 20})
+    adapted = denoise_array(ldct, (1, 1, 1), tiny_bundle, config)
+    pretrained = denoise_array(ldct, (1, 1, 1), tiny_bundle, config.with_(steps=0))
+    assert adapted.info["run"]["adaptation"]["teacher_updates"] == 1
+    assert np.abs(adapted.denoised - pretrained.denoised).max() > 0.1  # HU
+
+
+@pytest.mark.parametrize("guard", [[], ["--no-guard"]])
+def test_a_diverging_adaptation_writes_the_pretrained_result_and_says_so(tiny_bundle, unseen_dose, tmp_path,
+                                                                         guard, capsys):
+    import SimpleITK as sitk
+
+    from SelfSupCTDenoiseLib.cli import main
+    from SelfSupCTDenoiseLib.provenance import read_sidecar
+
+    source = tmp_path / "float_input.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(unseen_dose[0][:3].astype(np.float32)), str(source))
+    common = ["--bundle", str(tiny_bundle.path), "--batch-size", "8", "--patch-size", "32", "--period", "5"]
+    assert main(["denoise", str(source), str(tmp_path / "diverged.nrrd"), "--steps", "10", "--lr", "1e4",
+                 *guard, *common]) == 0
+    assert "non-finite loss" in capsys.readouterr().err  # the progress line says what happened
+    assert main(["denoise", str(source), str(tmp_path / "pretrained.nrrd"), "--steps", "0", *common]) == 0
+    diverged = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "diverged.nrrd")))
+    assert np.isfinite(diverged).all()
+    np.testing.assert_array_equal(diverged, sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pretrained.nrrd"))))
+    run = read_sidecar(tmp_path / "diverged.nrrd")["run"]
+    assert run["guard"]["fell_back"] and run["guard"]["reason"].startswith("adaptation diverged")
+    assert run["adaptation"]["diverged_at_step"] == 2  # step 1's update (lr 1e4) blew the weights up
+
+
+def test_a_non_finite_adapted_output_falls_back_even_without_the_guard(tiny_bundle, unseen_dose, monkeypatch):
+    # Adaptation ends with finite losses but a model that overflows on the full volume.
+    import SelfSupCTDenoiseLib.adapt as adapt_module
+
+    real_adapt = adapt_module.adapt
+
+    def adapt_then_break(*args, **kwargs):
+        model, history = real_adapt(*args, **kwargs)
+        with torch.no_grad():
+            model.tconv5.bias.fill_(float("inf"))
+        return model, history
+
+    monkeypatch.setattr(adapt_module, "adapt", adapt_then_break)
+    ldct = unseen_dose[0][:3]
+    config = AdaptConfig(steps=2, guard=False, **FAST)
+    result = denoise_array(ldct, (1, 1, 1), tiny_bundle, config)
+    monkeypatch.undo()
+    pretrained = denoise_array(ldct, (1, 1, 1), tiny_bundle, config.with_(steps=0))
+    np.testing.assert_array_equal(result.denoised, pretrained.denoised)
+    assert result.info["run"]["guard"] == {"fell_back": True, "reason": "the adapted model's output is not finite"}
+
+
+def test_a_non_finite_pretrained_output_is_an_error_not_an_output(tiny_bundle, unseen_dose, tmp_path):
+    from SelfSupCTDenoiseLib.bundle import load_bundle, save_bundle
+    from SelfSupCTDenoiseLib.errors import BundleError
+
+    state = tiny_bundle.build_denoiser().state_dict()
+    state["tconv5.bias"] = torch.full_like(state["tconv5.bias"], float("nan"))
+    manifest = tiny_bundle.manifest
+    noise_models = [m.state_dict() for m in tiny_bundle.build_noise_models()]
+    broken = save_bundle(tmp_path / "broken", profile=tiny_bundle.profile, normalization=tiny_bundle.normalization,
+                         denoiser_state=state, noise_model_states=noise_models,
+                         calibration=manifest["calibration"], noise_histogram=manifest["noise_histogram"])
+    with pytest.raises(BundleError, match=r"pretrained model of bundle 'broken' gives NaN or infinite values"):
+        denoise_array(unseen_dose[0][:3], (1, 1, 1), load_bundle(broken.path), AdaptConfig(steps=0, **FAST))
+
+
+# --- threads: same input, seed, thread count, device and torch build -> same output -------------
+
+
+def test_same_seed_and_thread_count_give_the_same_output_and_the_threads_are_recorded(tiny_bundle, unseen_dose):
+    ldct = unseen_dose[0][:3]
+    before = torch.get_num_threads()
+    seen = []
+    config = AdaptConfig(steps=4, guard=False, threads=1, **{**FAST, "period": 2})
+    a = denoise_array(ldct, (1, 1, 1), tiny_bundle, config, progress=lambda e: seen.append(torch.get_num_threads()))
+    b = denoise_array(ldct, (1, 1, 1), tiny_bundle, config)
+    assert np.array_equal(a.denoised, b.denoised)
+    assert set(seen) == {1} and torch.get_num_threads() == before  # set for the run, restored after it
+    assert a.info["threads"] == 1 and a.info["parameters"]["threads"] == 1
+    every_core = denoise_array(ldct, (1, 1, 1), tiny_bundle, config.with_(steps=0, threads=0)).info
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert every_core["threads"] == cores and every_core["parameters"]["threads"] == 0
+
+
+def test_threads_reach_the_engine_from_the_command_line_and_the_slicer_worker(tiny_bundle, unseen_dose, tmp_path,
+                                                                            capsys):
+    import json
+
+    import SimpleITK as sitk
+
+    from SelfSupCTDenoiseLib.cli import main
+    from SelfSupCTDenoiseLib.commands.worker import main as worker_main, make_request
+    from SelfSupCTDenoiseLib.provenance import read_sidecar
+
+    source = tmp_path / "in.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(unseen_dose[0][:3].astype(np.float32)), str(source))
+    assert main(["denoise", str(source), str(tmp_path / "cli.nrrd"), "--steps", "0", "--threads", "1",
+                 "--bundle", str(tiny_bundle.path)]) == 0
+    assert read_sidecar(tmp_path / "cli.nrrd")["threads"] == 1
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(make_request(str(source), str(tmp_path / "worker.nrrd"),
+                                               bundle_path=str(tiny_bundle.path), config={"steps": 0, "threads": 1})))
+    capsys.readouterr()
+    assert worker_main(["--request", str(request)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["event"] == "result" and last["info"]["threads"] == 1

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from SelfSupCTDenoiseLib.errors import InputError
+from SelfSupCTDenoiseLib.errors import InputError, SelfSupCTDenoiseError
 from SelfSupCTDenoiseLib.phantom import correlated_noise
 from SelfSupCTDenoiseLib.quality import (STRENGTH_LEVELS, Box, box_around, box_from_mm, cast_like_input,
                                          compare_regions, find_uniform_regions, hu_shift, method_noise_score,
@@ -91,7 +91,7 @@ def test_cast_like_input_floats_and_refuses_nan_for_integers():
     values = np.array([[[1.25, -3.5]]], np.float32)
     assert cast_like_input(values, np.float32) is values
     assert cast_like_input(values, np.float64).dtype == np.float64
-    with pytest.raises(Exception):
+    with pytest.raises(SelfSupCTDenoiseError, match="NaN or infinite values; nothing was written"):
         cast_like_input(np.array([[[np.nan]]], np.float32), np.int16)
 
 

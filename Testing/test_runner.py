@@ -42,6 +42,7 @@ FAKE_WORKER = textwrap.dedent('''
         signal.signal(signal.SIGTERM, finish_anyway)
     if mode in ("slow", "ignore_term", "term_then_ok"):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print(f"WORKER {os.getpid()}", flush=True)
         print(f"GRANDCHILD {child.pid}", flush=True)
         for step in range(100000):
             progress("adapt", step, 100000)
@@ -81,6 +82,10 @@ FAKE_WORKER = textwrap.dedent('''
                                "parameters": request["config"], "bundle": {"name": "fake", "sha256": "0" * 64},
                                "run": {"adaptation": None}, "note": "research use, not for diagnosis"})
 ''')
+
+
+#: Stands in for Windows' PythonSlicer: a launcher that runs the real interpreter as its child.
+FAKE_LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 
 @pytest.fixture
@@ -276,6 +281,115 @@ def test_cancel_kills_the_whole_tree_within_two_seconds(fake_worker, tmp_path, m
     assert not pid_alive(worker_pid) and not pid_alive(grandchild)
     assert not runner.workDir.exists()
     assert runner.cancel() is False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process-tree checks use POSIX signals and /proc")
+@pytest.mark.parametrize("with_psutil", [True, False], ids=["psutil", "no-psutil"])
+def test_cancel_behind_a_launcher_kills_the_interpreter_and_its_child(fake_worker, tmp_path, with_psutil,
+                                                                      monkeypatch):
+    """Launcher -> worker -> grandchild, as PythonSlicer runs the real interpreter on Windows: cancel
+    ends all three, with or without psutil (Slicer bundles none)."""
+    if with_psutil and not _psutil_installed():
+        pytest.skip("psutil not installed (optional)")
+    if not with_psutil:
+        monkeypatch.setitem(sys.modules, "psutil", None)
+    env = dict(os.environ, FAKE_MODE="slow")
+    runner = WorkerRunner(command=[sys.executable, "-c", FAKE_LAUNCHER, sys.executable, str(fake_worker)],
+                          environment=env, tempRoot=str(tmp_path), killGraceS=1.0)
+    write_input(runner)
+    runner.start({})
+    grandchild = wait_for_grandchild(runner)
+    worker = int(next(line for line in runner.logTail if line.startswith("WORKER ")).split()[1])
+    launcher = runner.pid
+    assert len({launcher, worker, grandchild}) == 3 and all(map(pid_alive, (launcher, worker, grandchild)))
+    runner.cancel()
+    assert runner.waitForCompletion(5).state is RunState.CANCELLED
+    time.sleep(0.2)
+    assert [pid for pid in (launcher, worker, grandchild) if pid_alive(pid)] == []
+
+
+class _FakeWindowsLauncher:
+    """A Popen stand-in for PythonSlicer on Windows: terminating it ends the launcher only; the real
+    interpreter (which holds the output pipe) runs on until its tree is killed."""
+
+    def __init__(self, command, **kwargs):
+        import threading
+
+        self.command, self.kwargs = command, kwargs
+        self.pid, self.returncode = 4321, None
+        self.treeKilled = threading.Event()
+        self.stdout = self._lines()
+
+    def _lines(self):
+        yield '{"event": "progress", "phase": "adapt", "step": 1, "total": 100}\n'
+        self.treeKilled.wait(10)
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        self.treeKilled.wait(10)
+        self.returncode = 1
+        return 1
+
+    def terminate(self):
+        self.returncode = 1  # the launcher is gone; its child is not
+
+    kill = terminate
+
+
+def pretend_windows(monkeypatch):
+    """sys.platform and the Windows-only parts of `subprocess`, so the Windows branch runs here."""
+    import subprocess
+
+    class StartupInfo:
+        dwFlags, wShowWindow = 0, 1
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    for name, value in (("STARTUPINFO", StartupInfo), ("STARTF_USESHOWWINDOW", 1), ("SW_HIDE", 0),
+                        ("CREATE_NO_WINDOW", 0x08000000), ("CREATE_NEW_PROCESS_GROUP", 0x200)):
+        monkeypatch.setattr(subprocess, name, value, raising=False)
+    monkeypatch.setitem(sys.modules, "psutil", None)  # Slicer bundles no psutil
+
+
+def assert_hidden_console(kwargs):
+    import subprocess
+
+    assert kwargs["creationflags"] & subprocess.CREATE_NO_WINDOW
+    info = kwargs["startupinfo"]
+    assert info.dwFlags & subprocess.STARTF_USESHOWWINDOW and info.wShowWindow == subprocess.SW_HIDE
+
+
+def test_windows_cancel_kills_the_tree_with_a_hidden_taskkill_while_the_launcher_lives(tmp_path, monkeypatch):
+    import subprocess
+
+    pretend_windows(monkeypatch)
+    launched, commands = [], []
+
+    def popen(command, **kwargs):
+        launched.append(_FakeWindowsLauncher(command, **kwargs))
+        return launched[-1]
+
+    def run(command, **kwargs):
+        launcher = launched[0]
+        commands.append((list(command), kwargs, launcher.returncode is None))
+        if command[0] == "taskkill" and launcher.returncode is None:
+            launcher.treeKilled.set()  # /T finds the interpreter through its living parent
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(subprocess, "run", run)
+    runner = WorkerRunner(command=["PythonSlicer", "-m", "worker"], tempRoot=str(tmp_path), killGraceS=0.3)
+    runner.createWorkDir()
+    runner.start({})
+    assert_hidden_console(launched[0].kwargs)
+    assert launched[0].kwargs["creationflags"] & subprocess.CREATE_NEW_PROCESS_GROUP
+    assert runner.cancel() is True
+    assert runner.waitForCompletion(5).state is RunState.CANCELLED
+    command, kwargs, launcherAlive = commands[0]
+    assert command == ["taskkill", "/T", "/F", "/PID", "4321"] and launcherAlive
+    assert_hidden_console(kwargs)
+    assert launched[0].treeKilled.is_set()
 
 
 def test_cancelled_result_is_not_overwritten_by_a_later_exit_code(fake_worker, tmp_path):

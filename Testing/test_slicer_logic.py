@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -31,7 +32,7 @@ from SelfSupCTDenoiseLogic.job import DenoiseJob  # noqa: E402
 from SelfSupCTDenoiseLogic.runner import RunState, WorkerRunner  # noqa: E402
 from SelfSupCTDenoiseLogic.status import ProgressTracker  # noqa: E402
 
-from test_runner import FAKE_WORKER  # noqa: E402
+from test_runner import FAKE_WORKER, assert_hidden_console, pretend_windows  # noqa: E402
 
 
 @pytest.fixture
@@ -348,10 +349,10 @@ def test_progress_tracker_maps_phases_and_measures_them():
     assert costs["startupS"] == pytest.approx(20.0 - 1 - 1 - 1 - 1)  # total minus the timed phases
 
 
-def test_layout_xml_has_three_linked_axial_views_and_is_skipped_headless(scene):
+def test_layout_xml_has_three_axial_views_of_its_own_and_is_skipped_headless(scene):
     root = ET.fromstring(nodes.threeViewLayoutXml())
     views = root.findall("./item/view")
-    assert [v.get("singletontag") for v in views] == ["Red", "Yellow", "Green"]
+    assert [v.get("singletontag") for v in views] == [tag for tag, _, _ in nodes.THREE_VIEWS]
     assert all(v.find("property[@name='orientation']").text == "Axial" for v in views)
     node = add_volume(scene, ct_array())
     assert nodes.showThreeViews(node, node, node) is False
@@ -459,7 +460,9 @@ def _stub_application(monkeypatch):
     return store
 
 
-def test_module_logic_runs_from_parameter_node_to_output_nodes(scene, fake_worker, tmp_path, monkeypatch):
+def _load_module(monkeypatch, tmp_path, fake_worker=None):
+    """(module file, its Logic, the QSettings store, the models folder): the module file loaded with
+    the application stubbed and one 'lite' bundle folder; the Logic runs `fake_worker` when given."""
     import importlib.util
 
     store = _stub_application(monkeypatch)
@@ -474,17 +477,24 @@ def test_module_logic_runs_from_parameter_node_to_output_nodes(scene, fake_worke
 
     logic = module.SelfSupCTDenoiseLogic()
     logic.gpus = []
-    env = dict(os.environ, FAKE_MODE="ok")
-    monkeypatch.setattr(logic, "createRunner", lambda: WorkerRunner(
-        command=[sys.executable, str(fake_worker)], environment=env, tempRoot=str(tmp_path)))
+    if fake_worker is not None:
+        env = dict(os.environ, FAKE_MODE="ok")
+        monkeypatch.setattr(logic, "createRunner", lambda: WorkerRunner(
+            command=[sys.executable, str(fake_worker)], environment=env, tempRoot=str(tmp_path)))
+    return module, logic, store, models
+
+
+def test_module_logic_runs_from_parameter_node_to_output_nodes(scene, fake_worker, tmp_path, monkeypatch):
+    module, logic, store, models = _load_module(monkeypatch, tmp_path, fake_worker)
     params = module.SelfSupCTDenoiseParameterNode()
     params.inputVolume = add_volume(scene, ct_array(), name="CT")
-    params.strength, params.steps, params.seed = 0.5, 7, 11
+    params.strength, params.steps, params.seed, params.threads = 0.5, 7, 11, 1
     assert "Estimated time: about" in logic.estimateText(params)
     job = logic.processWithParameters(params, waitForCompletion=True, timeout=30)
     assert job.state is RunState.COMPLETED, job.message
     assert job.outputVolume.GetName() == "CT denoised" and job.noiseMapVolume.GetName() == "CT noise map"
     assert job.config["strength"] == 0.5 and job.config["steps"] == 7 and job.config["seed"] == 11
+    assert job.config["threads"] == 1  # the panel's CPU threads reach the worker's config
     assert job.bundlePath == str(models / "lite") and job.forceCpu is False
     recorded = json.loads(store[module.SelfSupCTDenoiseLogic.SETTINGS_KEY])["lite/cpu"]
     assert recorded["startupS"] >= 0 and "sliceS" in recorded
@@ -506,27 +516,74 @@ def test_module_logic_runs_from_parameter_node_to_output_nodes(scene, fake_worke
         logic.applyStrength(params.inputVolume, job_outputs[0], job_outputs[1], 0.5)
 
 
+#: The rules of the Extensions Index's own check (Slicer/ExtensionsIndex, scripts/check_description_files.py)
+#: and of the catalog entry schema it validates against (Slicer/Slicer, Schemas/
+#: slicer-extension-catalog-entry-schema-v1.0.1.json: required keys, no other keys, value types).
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_TYPES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                 "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+REPOSITORY_PREFIXES = ("Slicer", "Slicer-", "Slicer_", "SlicerExtension-", "SlicerExtension_")
+#: Slicer's convention for contributors: "Name (Organisation)", comma separated.
+CONTRIBUTORS = re.compile(r"[^,()]+ \([^()]+\)(, [^,()]+ \([^()]+\))*")
+
+
+def _github_repository(url):
+    """(owner, repository) of a github.com or raw.githubusercontent.com URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    assert parts.netloc in ("github.com", "raw.githubusercontent.com"), url
+    owner, repository = parts.path.strip("/").split("/")[:2]
+    return owner, os.path.splitext(repository)[0]
+
+
 def test_extension_metadata_passes_the_index_checks_offline():
-    """What the Extensions Index validation script checks, without the network: catalog JSON keys,
-    project name = catalog file name, icon and screenshot URLs point at files of this repository."""
-    catalog = json.loads((ROOT / "SelfSupCTDenoise.json").read_text())
-    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
-               "build_subdirectory", "enabled", "tier"}
-    assert {"$schema", "category", "scm_url"} <= set(catalog) <= allowed
-    assert catalog["category"] == "Filtering" and catalog["build_dependencies"] == ["PyTorch"]
-    assert catalog["scm_url"].startswith("https://")
+    """What the Extensions Index checks, without the network: the catalog entry against the schema,
+    extension name = catalog file name = CMake project and not starting with 'Slicer', repository
+    name starting with 'Slicer', one repository in every URL (catalog, CMake, module help, README),
+    icon and screenshots files of this repository, contributors as "Name (Organisation)"."""
+    (catalog_path,) = [p for p in ROOT.glob("*.json") if "slicer-extension-catalog-entry-schema" in p.read_text()]
+    extension_name = catalog_path.stem
+    raw = catalog_path.read_bytes()
+    assert b"\r" not in raw  # the Index wants LF line endings
+    catalog = json.loads(raw)
+    assert CATALOG_REQUIRED <= set(catalog) <= set(CATALOG_TYPES)
+    assert all(type(value) is CATALOG_TYPES[key] for key, value in catalog.items()), catalog
+    assert all(isinstance(name, str) for name in catalog.get("build_dependencies", []))
+    assert catalog.get("scm_type", "git") in ("git", "local") and 1 <= catalog.get("tier", 1) <= 5
+    assert re.fullmatch(r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/"
+                        r"slicer-extension-catalog-entry-schema-v1\.0\.[0-9]+\.json#?", catalog["$schema"])
+    assert not extension_name.lower().startswith("slicer")
+    assert catalog["scm_url"].split("://")[0] in ("git", "https")
+    owner, repository = _github_repository(catalog["scm_url"])
+    assert repository.startswith(REPOSITORY_PREFIXES), repository
+
     cmake = (ROOT / "CMakeLists.txt").read_text()
-    assert re.findall(r"project\s*\(\s*([^\s\)]+)", cmake)[0] == "SelfSupCTDenoise"
-    assert not "SelfSupCTDenoise".lower().startswith("slicer")
-    assert re.search(r'set\(EXTENSION_DEPENDS "PyTorch"\)', cmake)
-    icon = re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', cmake)[0]
-    shots = re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake)[0].split()
-    for url in [icon] + shots:
-        assert url.startswith("https://raw.githubusercontent.com/") and "/main/" in url
-        local = ROOT / url.split("/main/", 1)[1]
-        assert local.is_file() and local.suffix == ".png", url
+    assert re.findall(r"project\s*\(\s*([^\s\)]+)", cmake)[0] == extension_name
+
+    def cmake_value(name):
+        return re.findall(rf'set\s*\({name}\s*"([^"]+)"\s*\)', cmake)[0]
+
+    assert cmake_value("EXTENSION_CATEGORY") == catalog["category"] == "Filtering"  # an Index category
+    assert cmake_value("EXTENSION_DEPENDS").split() == catalog["build_dependencies"] == ["PyTorch"]
+    assert _github_repository(cmake_value("EXTENSION_HOMEPAGE")) == (owner, repository)
+    icon = cmake_value("EXTENSION_ICONURL")
+    for url in [icon] + cmake_value("EXTENSION_SCREENSHOTURLS").split():
+        assert _github_repository(url) == (owner, repository), url
+        revision, path = url.split(f"/{owner}/{repository}/", 1)[1].split("/", 1)
+        assert revision == catalog["scm_revision"] and (ROOT / path).is_file() and path.endswith(".png"), url
     from PIL import Image
-    assert Image.open(ROOT / icon.split("/main/", 1)[1]).size == (128, 128)
+    assert Image.open(ROOT / icon.split(f"/{catalog['scm_revision']}/", 1)[1]).size == (128, 128)
+    for text in ((MODULE_DIR / "SelfSupCTDenoise.py").read_text(), (MODULE_DIR / "README-Slicer.md").read_text(),
+                 (ROOT / "README.md").read_text(), cmake):
+        for url in re.findall(r"https://(?:raw\.githubusercontent|github)\.com/[^\s\"'()<>#]+", text):
+            if "selfsupctdenoise" in url.lower():  # links to this project, not to others
+                assert _github_repository(url) == (owner, repository), url
+    assert CONTRIBUTORS.fullmatch(cmake_value("EXTENSION_CONTRIBUTORS")), cmake_value("EXTENSION_CONTRIBUTORS")
+    module_contributors = [ast.literal_eval(node.value) for node in ast.walk(module_tree())
+                           if isinstance(node, ast.Assign)
+                           and ast.unparse(node.targets[0]) == "self.parent.contributors"]
+    assert module_contributors and all(CONTRIBUTORS.fullmatch(name) for name in module_contributors[0])
     assert "Apache License" in (ROOT / "LICENSE.txt").read_text()[:200]
 
 
@@ -723,3 +780,207 @@ def test_region_noise_table_without_roi_finds_uniform_regions_and_shows_them(sce
     assert table.GetTable().GetValueByName(last, "mean HU").ToDouble() == pytest.approx(report["hu_shift"]["overall"])
     roi = regions.boxToRoi(box, input_node, name="CT noise region")
     assert regions.roiBox(roi, input_node) == box  # the ROI shown is the box measured
+
+
+# -- issue 12: panel = CLI, scripting names, no torch in Slicer, views, Windows, catalog ----------
+
+def test_panel_and_command_line_give_the_same_voxels_below_full_strength(scene, tmp_path, tiny_bundle):
+    """Same input, seed and strength 0.5: the panel's volume equals the CLI's output voxel for voxel
+    (the worker hands back its strength-1 result unrounded; the panel blends it like the engine)."""
+    import SimpleITK as sitk
+
+    from SelfSupCTDenoiseLib.config import AdaptConfig
+    from SelfSupCTDenoiseLib.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.pipeline import denoise_file
+    from SelfSupCTDenoiseLogic import strength
+
+    ldct, _ = noisy_pair(4, 48, 30.0, seed=6)
+    array = np.round(ldct).astype(np.int16)
+    config = settings.buildConfig(steps=4, period=2, learningRate=1e-4, batchSize=4, seed=3, device="cpu",
+                                  strength=0.5, patch_size=32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.8, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "in.nrrd"))
+    denoise_file(tmp_path / "in.nrrd", tmp_path / "cli.nrrd", tmp_path / "cli_noise.nrrd", tiny_bundle.path,
+                 AdaptConfig.from_dict(config))
+    cli = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cli.nrrd")))
+    cli_noise = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cli_noise.nrrd")))
+    assert float(np.abs(cli_noise).mean()) > 1.0  # the model changed the image: the comparison means something
+
+    input_node = add_volume(scene, array, np.diag([-0.8, -0.8, 2.0, 1.0]), name="phantom")
+    runner = WorkerRunner(pythonPath=[str(MODULE_DIR)], tempRoot=str(tmp_path / "work"))
+    (tmp_path / "work").mkdir()
+    job = DenoiseJob(input_node, config, bundlePath=str(tiny_bundle.path), runner=runner, forceCpu=True)
+    job.start()
+    assert job.waitForCompletion(180) is RunState.COMPLETED, job.message
+    assert job.fullStrength.dtype == np.float32  # not rounded to the input's int16
+    panel = slicer.util.arrayFromVolume(job.outputVolume)
+    assert panel.dtype == cli.dtype and np.array_equal(panel, cli)
+    assert np.array_equal(slicer.util.arrayFromVolume(job.noiseMapVolume), cli_noise)
+    # Moving the strength after the run and back gives the same voxels again.
+    for value in (1.0, 0.5):
+        strength.applyStrength(input_node, job.outputVolume, job.noiseMapVolume, job.fullStrength, value)
+    assert np.array_equal(slicer.util.arrayFromVolume(job.outputVolume), cli)
+
+
+def test_process_config_takes_panel_or_engine_names_and_refuses_unknown_keys(scene, fake_worker, tmp_path,
+                                                                              monkeypatch):
+    module, logic, store, models = _load_module(monkeypatch, tmp_path, fake_worker)
+    node = add_volume(scene, ct_array(), name="CT")
+    job = logic.process(node, createNoiseMap=False, timeout=30,
+                        config={"learningRate": 3e-4, "batchSize": 5, "steps": 2})
+    assert job.state is RunState.COMPLETED, job.message
+    assert (job.config["lr"], job.config["batch_size"], job.config["steps"]) == (3e-4, 5, 2)
+    job = logic.process(node, createNoiseMap=False, timeout=30,
+                        config={"lr": 2e-4, "batch_size": 6, "steps": 9, "pretrainedOnly": True})
+    assert (job.config["lr"], job.config["batch_size"], job.config["steps"]) == (2e-4, 6, 0)
+    before = nodes.sceneSnapshot(scene)
+    with pytest.raises(InputError, match=r"Unknown parameter\(s\): learning_rate") as info:
+        logic.process(node, config={"learning_rate": 1e-3})
+    assert "learningRate" in str(info.value) and "batch_size" in str(info.value)  # says what is accepted
+    with pytest.raises(InputError, match="'learningRate' and 'lr' are the same parameter"):
+        logic.process(node, config={"lr": 1e-4, "learningRate": 2e-4})
+    assert nodes.sceneSnapshot(scene) == before  # refused before anything started
+
+
+def test_a_complete_run_imports_no_torch_into_the_panel_process(tmp_path, tiny_bundle):
+    """A whole run through the module's Logic (real worker, tiny bundle) in a fresh interpreter, with
+    what the panel does when it completes (status line, strength change): torch stays out of the
+    panel's process (importing it would freeze the GUI and could turn a finished run into a failure)."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path[:0] = [{str(ROOT / "Testing")!r}, {str(MODULE_DIR)!r}]
+        import importlib.util
+        import pytest
+        import slicer
+        import test_slicer_logic as t
+
+        t._stub_application(pytest.MonkeyPatch())
+        slicer.mrmlScene = scene = slicer.vtkMRMLScene()
+        spec = importlib.util.spec_from_file_location("SelfSupCTDenoiseModule", t.MODULE_DIR / "SelfSupCTDenoise.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        logic = module.SelfSupCTDenoiseLogic()
+        logic.gpus = []
+        logic.createRunner = lambda: t.WorkerRunner(pythonPath=[str(t.MODULE_DIR)], tempRoot={str(tmp_path)!r})
+        volume = t.add_volume(scene, t.ct_array((3, 40, 40)), name="CT")
+        job = logic.process(volume, bundlePath={str(tiny_bundle.path)!r}, timeout=120,
+                            config={{"steps": 2, "period": 1, "batch_size": 2, "patch_size": 32, "device": "cpu"}})
+        text = logic.completedRunText(job)  # the panel's status line
+        logic.applyStrength(volume, job.outputVolume, job.noiseMapVolume, 0.5)
+        print(json.dumps({{"state": job.state.value, "message": job.message, "text": text,
+                          "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["state"] == "completed", report["message"]
+    assert "noise" in report["text"] and report["torch"] == []
+
+
+def test_result_layout_has_its_own_views_and_leaves_the_standard_ones_alone(scene, monkeypatch):
+    """Real layout logic and slice logics; only the layout manager's widget lookup is stubbed."""
+    import types
+
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    layoutLogic = slicer.vtkMRMLLayoutLogic()
+    layoutLogic.SetMRMLScene(scene)
+    layoutNode = layoutLogic.GetLayoutNode()
+    layoutNode.SetViewArrangement(layoutNode.SlicerLayoutFourUpView)
+
+    def sliceNode(name):
+        found = [n for n in (scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+                             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")))
+                 if n.GetLayoutName() == name]
+        return found[0] if found else None
+
+    standard = {name: sliceNode(name).GetOrientation() for name in ("Red", "Yellow", "Green")}
+    assert standard == {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
+    sliceLogics = {}
+
+    def sliceWidget(name):
+        node = sliceNode(name)
+        if node is None:
+            return None
+        if name not in sliceLogics:
+            sliceLogics[name] = slicer.vtkMRMLSliceLogic()
+            sliceLogics[name].SetMRMLScene(scene)
+            sliceLogics[name].SetSliceNode(node)
+        return types.SimpleNamespace(sliceLogic=lambda: sliceLogics[name])
+
+    layoutManager = types.SimpleNamespace(layoutLogic=lambda: layoutLogic, sliceWidget=sliceWidget)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(layoutManager=lambda: layoutManager), raising=False)
+    array = ct_array()
+    shown = [add_volume(scene, array, name="CT"), add_volume(scene, array - 5, name="CT denoised"),
+             add_volume(scene, np.full(array.shape, 5.0, np.float32), name="CT noise map")]
+    for _ in range(2):  # the second time reuses the registered layout
+        assert nodes.showThreeViews(*shown) is True
+    assert layoutNode.GetViewArrangement() == nodes.THREE_VIEW_LAYOUT_ID
+    assert {name: sliceNode(name).GetOrientation() for name in standard} == standard
+    tags = [tag for tag, _, _ in nodes.THREE_VIEWS]
+    assert len(set(tags)) == 3 and not set(tags) & {"Red", "Yellow", "Green"}
+    for tag, volume in zip(tags, shown):
+        assert sliceNode(tag).GetOrientation() == "Axial"
+        composite = sliceLogics[tag].GetSliceCompositeNode()
+        assert composite.GetBackgroundVolumeID() == volume.GetID() and composite.GetLinkedControl()
+
+
+def test_gpu_detection_hides_the_console_on_windows(monkeypatch):
+    import shutil
+
+    pretend_windows(monkeypatch)
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append((command, kwargs))
+        return subprocess.CompletedProcess(command, 0, "NVIDIA RTX A4000, 16376\n", "")
+
+    monkeypatch.setattr(shutil, "which", lambda name: "C:/Windows/System32/nvidia-smi.exe")
+    monkeypatch.setattr(subprocess, "run", run)
+    assert settings.detectGpus() == [settings.GpuInfo("NVIDIA RTX A4000", 16376)]
+    assert_hidden_console(calls[0][1])
+
+
+def test_translated_texts_are_constant_strings():
+    """`_()` looks a text up by its exact source: an f-string or a computed text is never translated
+    (values go in with .format after the lookup)."""
+    for path in [MODULE_DIR / "SelfSupCTDenoise.py", *sorted((MODULE_DIR / "SelfSupCTDenoiseLogic").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("_", "tr", "translate"):
+                assert all(isinstance(arg, ast.Constant) and isinstance(arg.value, str) for arg in node.args), (
+                    f"{path.name}:{node.lineno}: {ast.unparse(node)[:120]}")
+
+
+def test_module_help_names_the_paper(monkeypatch):
+    import importlib.util
+    import types
+
+    _stub_application(monkeypatch)
+    spec = importlib.util.spec_from_file_location("SelfSupCTDenoiseModule", MODULE_DIR / "SelfSupCTDenoise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module.ScriptedLoadableModule, "__init__", lambda self, parent: setattr(self, "parent", parent),
+                        raising=False)
+    parent = types.SimpleNamespace()
+    module.SelfSupCTDenoise(parent)
+    assert module.PAPER in parent.helpText and "{" not in parent.helpText
+
+
+def test_auto_bundle_is_paper_on_cuda_only_where_that_bundle_is_installed(tmp_path):
+    """The panel and the command line pick the same bundle, and the panel says which."""
+    from SelfSupCTDenoiseLib.bundle import default_bundle_for_device
+
+    lite_only, both = tmp_path / "lite_only", tmp_path / "both"
+    for folder, names in ((lite_only, ("lite",)), (both, ("lite", "paper"))):
+        for name in names:
+            (folder / name).mkdir(parents=True)
+            (folder / name / "manifest.json").write_text("{}")
+        for useCuda in (True, False):
+            assert settings.resolveBundle("auto", useCuda, folder=folder) == default_bundle_for_device(
+                "cuda" if useCuda else "cpu", folder)
+    assert settings.resolveBundle("auto", True, folder=lite_only).name == "lite"
+    assert settings.resolveBundle("auto", True, folder=both).name == "paper"
+    assert "picks 'lite'" in settings.autoBundleHelp(True, lite_only)
+    assert "'paper' is not installed" in settings.autoBundleHelp(True, lite_only)
+    assert "picks 'paper'" in settings.autoBundleHelp(True, both)
+    assert "picks 'lite'" in settings.autoBundleHelp(False, both)

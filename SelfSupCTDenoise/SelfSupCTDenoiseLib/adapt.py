@@ -61,22 +61,38 @@ class AdaptHistory:
     losses: List[float] = field(default_factory=list)
     teacher_updates: List[int] = field(default_factory=list)
     learning_rates: List[float] = field(default_factory=list)
+    diverged_at: Optional[int] = None  # the step whose loss was NaN or infinite; adaptation stopped there
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward and step through `scaler`: a plain step when it is disabled; with float16 it scales
+    the loss so small gradients survive, unscales them before the step and skips inf/NaN steps."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseSource, config: AdaptConfig,
           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-          autocast: bool = False, on_teacher_update: Optional[Callable[[int, torch.nn.Module], None]] = None):
+          amp_dtype: Optional[torch.dtype] = None,
+          on_teacher_update: Optional[Callable[[int, torch.nn.Module], None]] = None):
     """Fine-tune a copy of `denoiser` on (Y~ + Z -> Y~) for `config.steps` steps.
 
     The teacher f_theta makes the targets Y~ = f_theta(X) and, with teacher updates, becomes a copy of
-    the student every `config.period` steps; the result is the teacher (the student when teacher
-    updates are off, the paper's ablation). Returns (model, history). The input model is not modified.
+    the student every `config.period` steps and after the last step (so every step reaches the
+    result); the result is the teacher (the student when teacher updates are off, the paper's
+    ablation). Returns (model, history). The input model is not modified.
+    A NaN or infinite loss stops the adaptation (`history.diverged_at`); the caller must not use the
+    model then. `amp_dtype`: autocast dtype (`inference.mixed_precision_dtype`), None = float32.
     `on_teacher_update(step, teacher)` is called after each update (benchmarks: quality vs steps).
     """
     device = next(denoiser.parameters()).device
     teacher = copy.deepcopy(denoiser).eval().requires_grad_(False)
     student = copy.deepcopy(denoiser).train().requires_grad_(True)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    autocast = dict(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
     history = AdaptHistory()
     timer = PhaseTimer("adapt", config.steps, progress, cancel)
@@ -85,18 +101,19 @@ def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseS
         x, model_noise = sampler.sample(config.batch_size)
         x = x.to(device)
         model_noise = model_noise.to(device) if model_noise is not None else None
-        with torch.no_grad(), torch.autocast(device.type, enabled=autocast):
+        with torch.no_grad(), torch.autocast(**autocast):
             target = teacher(x).float()
         pseudo_ldct = target + source.draw(model_noise, target.shape, device)
-        with torch.autocast(device.type, enabled=autocast):
+        with torch.autocast(**autocast):
             loss = F.mse_loss(student(pseudo_ldct).float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if not torch.isfinite(loss):
+            history.diverged_at = step
+            break
+        optimizer_step(loss, optimizer, scaler)
         history.losses.append(loss.item())
         history.learning_rates.append(optimizer.param_groups[0]["lr"])
         period_losses.append(history.losses[-1])
-        if step % config.period == 0:
+        if step % config.period == 0 or step == config.steps:
             if config.teacher_update:
                 teacher.load_state_dict(student.state_dict())
                 history.teacher_updates.append(step)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -516,8 +517,30 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
         plt.close(fig)
         lines += ["![PSNR vs steps](benchmark_psnr_vs_steps.png)", ""]
     path = out_dir / "BENCHMARK.md"
-    path.write_text("\n".join(lines))
+    kept = _marked_sections(path.read_text()) if path.exists() else []
+    path.write_text("\n".join(lines + kept))  # sections other commands wrote (benchmark-lesions) stay
     return path
+
+
+def _marker(name: str, end: bool = False) -> str:
+    return f"<!-- section {name} {'end' if end else 'start'}: written by its own command -->"
+
+
+def _marked_sections(text: str) -> List[str]:
+    return re.findall(r"<!-- section \S+ start: .*? -->.*?<!-- section \S+ end: .*? -->\n?", text, flags=re.S)
+
+
+def replace_marked_section(path: Path, name: str, body: str) -> None:
+    """Write `body` between the markers of section `name` of a markdown report: replaced where it
+    is, appended otherwise; `write_report` keeps such sections when it rewrites the report."""
+    block = f"{_marker(name)}\n{body.rstrip()}\n{_marker(name, end=True)}\n"
+    text = path.read_text() if path.exists() else ""
+    start, end = text.find(_marker(name)), text.find(_marker(name, end=True))
+    if start >= 0 and end > start:
+        text = text[:start] + block + text[end + len(_marker(name, end=True)):].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block
+    path.write_text(text)
 
 
 def _gains(rows: List[Dict[str, Any]]) -> Dict[Any, Dict[str, float]]:

@@ -185,7 +185,9 @@ def save_bundle(path: os.PathLike, *, profile: NetworkProfile, normalization: No
     return load_bundle(path)
 
 
-def default_bundle_for_device(device_type: str) -> Path:
-    """The full model on CUDA when it is shipped, else the CPU profile."""
-    paper = default_bundle_dir("paper")
-    return paper if device_type == "cuda" and (paper / MANIFEST).exists() else default_bundle_dir("lite")
+def default_bundle_for_device(device_type: str, folder: Optional[Path] = None) -> Path:
+    """The full `paper` model on CUDA when that bundle is installed, else the CPU profile `lite`
+    (in `folder`, default: the shipped models). The Slicer panel's 'auto' uses this too."""
+    folder = Path(folder) if folder is not None else models_dir()
+    paper = folder / "paper"
+    return paper if device_type == "cuda" and (paper / MANIFEST).exists() else folder / "lite"

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from . import __version__
 from .errors import Cancelled, SelfSupCTDenoiseError
 
 #: Subcommands, in the order `--help` lists them; each is `commands/<name>.py`.
-COMMANDS = ("denoise", "evaluate", "measure", "demo", "pretrain", "simulate", "benchmark", "worker")
+COMMANDS = ("denoise", "cohort", "evaluate", "measure", "demo", "pretrain", "simulate", "benchmark",
+            "benchmark-lesions", "worker")
 HIDDEN = ("worker",)
 
 
@@ -37,8 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl+C so that every cleanup (temporary files) runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return int(args.run(args) or 0)
     except Cancelled as exc:
@@ -47,9 +60,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SelfSupCTDenoiseError as exc:
         print(f"selfsupctdenoise: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("selfsupctdenoise: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+    except OSError as exc:  # the file system said no (disk full, read-only, permissions): not a bug
+        print(f"selfsupctdenoise: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM; a command may say what was written
+        terminated = isinstance(exc, Terminated)
+        print(f"selfsupctdenoise: {'terminated' if terminated else 'interrupted'}"
+              f"{'; ' + str(exc) if str(exc) else ''}.", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if in_main_thread:  # main() is also called in-process (tests, scripts)
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Everything the paper leaves open is a documented field here with the default thi
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 from .errors import InputError
 
@@ -59,12 +60,33 @@ AUGMENT = ("rescale", "rot90flip")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+#: Field annotation -> accepted types and how a message names them (bool is not a number here).
+_TYPES = {"int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"),
+          "bool": (bool, "true or false"), "str": (str, "a string")}
+
+
+def _type_problems(config: Any) -> List[str]:
+    """Fields whose value is not of the annotated type (`Optional[...]` also accepts None)."""
+    problems = []
+    for field in fields(config):
+        annotation = str(field.type)
+        optional = annotation.startswith("Optional[")
+        kind = annotation[len("Optional["):-1] if optional else annotation
+        value = getattr(config, field.name)
+        if kind not in _TYPES or (optional and value is None):
+            continue
+        accepted, wording = _TYPES[kind]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and kind != "bool"):
+            problems.append(f"{field.name} must be {wording}{' or null' if optional else ''} (got {value!r})")
+    return problems
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     """Parameters of one denoising run (adaptation + inference)."""
 
     steps: int = 200                 # adaptation steps; 0 = pretrained model only
-    period: int = 20                 # C: copy student into teacher every `period` steps
+    period: int = 20                 # C: copy student into teacher every `period` steps and after the last
     lr: float = 1e-4                 # Adam learning rate of the student
     batch_size: int = 16             # patches per adaptation step
     patch_size: int = 64
@@ -77,20 +99,27 @@ class AdaptConfig:
     adapt_slices: int = 32           # at most this many evenly spaced slices feed the patch pool
     guard: bool = True               # fall back to the pretrained output when adaptation goes wrong
     device: str = "auto"
-    infer_batch: int = 4             # slices per inference batch (halved on CUDA out-of-memory)
+    infer_batch: int = 0             # slices per inference batch, 0 = per device (1 on the CPU, 4 on CUDA; halved on CUDA out-of-memory)
     mixed_precision: bool = True     # autocast on CUDA (ignored on CPU)
     strength: float = 1.0            # output = X - strength * (X - f(X))
+    threads: int = 0                 # torch CPU threads for the run; 0 = OMP_NUM_THREADS if set, else every core
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # e.g. "steps": "5" in a params.json: the range checks below need the right types
+            raise InputError("Invalid parameters: " + "; ".join(problems) + ".")
         if self.steps < 0:
             problems.append("steps must be >= 0")
         if self.period < 1:
             problems.append("period (C) must be >= 1")
         if not self.lr > 0:
             problems.append("lr must be > 0")
-        if self.batch_size < 1 or self.infer_batch < 1 or self.adapt_slices < 1:
-            problems.append("batch_size, infer_batch and adapt_slices must be >= 1")
+        if self.threads < 0:
+            problems.append("threads must be >= 0 (0 = all cores)")
+        if self.batch_size < 1 or self.adapt_slices < 1:
+            problems.append("batch_size and adapt_slices must be >= 1")
+        if self.infer_batch < 0:
+            problems.append("infer_batch must be >= 0 (0 = per device)")
         if self.patch_size < 16:
             problems.append("patch_size must be >= 16")
         if self.pseudo_noise not in PSEUDO_NOISE:

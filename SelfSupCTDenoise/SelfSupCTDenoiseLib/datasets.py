@@ -81,9 +81,12 @@ class Subject:
     path: Optional[str] = None
     origin: str = ""
     note: str = ""
+    image_licence: str = ""     # the image's own licence where it differs from its package's
 
     @property
     def licence(self) -> str:
+        if self.image_licence:
+            return self.image_licence
         return PACKAGES[self.package].licence if self.package else "local file"
 
 
@@ -99,13 +102,15 @@ SUBJECTS: Tuple[Subject, ...] = (
             "tests/testdata/example_data/ct.0.dcm",
             origin="dicompyler-core example_data ct.0.dcm (breast-boost RT planning CT)"),
     Subject("cq500_head", "slice", "head (brain)", "train", "pydicom-data", "data_store/data/693_UNCR.dcm",
-            origin="pydicom-data 693_UNCR.dcm (PatientID CQ500-CT-310: CQ500 head CT, CC BY-NC-SA 4.0)"),
+            origin="pydicom-data 693_UNCR.dcm (PatientID CQ500-CT-310: CQ500 head CT, CC BY-NC-SA 4.0)",
+            image_licence="CC BY-NC-SA 4.0 (CQ500; file in MIT-licensed pydicom-data)"),
     Subject("ts_chest", "volume", "chest (CT angiography)", "test", "totalsegmentator",
             "tests/reference_files/aorta_report/example_ct.nii.gz",
             origin="TotalSegmentator test file aorta_report/example_ct.nii.gz (resampled to 1.5 mm)"),
     Subject("pancreas", "slice", "abdomen (pancreas level)", "test", "pydicom-data",
             "data_store/data/explicit_VR-UN.dcm",
-            origin="pydicom-data explicit_VR-UN.dcm (PatientID PANCREAS_0001: TCIA Pancreas-CT, CC BY 3.0)"),
+            origin="pydicom-data explicit_VR-UN.dcm (PatientID PANCREAS_0001: TCIA Pancreas-CT, CC BY 3.0)",
+            image_licence="CC BY 3.0 (TCIA Pancreas-CT; file in MIT-licensed pydicom-data)"),
     Subject("spine_zoom", "slice", "lower thorax/spine, zoomed 147 mm field of view", "test", "pydicom-data",
             "data_store/data/bad_sequence.dcm",
             origin="pydicom-data bad_sequence.dcm (B30s kernel, 0.29 mm pixels)",

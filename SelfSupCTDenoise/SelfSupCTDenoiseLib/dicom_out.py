@@ -8,6 +8,14 @@ a reference to the source slice, and geometry (ImagePositionPatient, ImageOrient
 PixelSpacing) from the SimpleITK image itself. Private tags, icons, overlays and pixel-padding
 values are dropped. Files are written with pydicom.
 
+Equipment, as DICOM defines it: the General Equipment attributes name the equipment that produced
+the instance, so Manufacturer / ManufacturerModelName / SoftwareVersions are this software's, and
+the source's (the scanner: StationName, DeviceSerialNumber, ...) move into a Contributing Equipment
+item with purpose "Acquisition Equipment" (DCM 109101; "Processing Equipment" when the source was
+itself derived), followed by an item for this software (DCM 109102, with ContributionDateTime and
+the derivation text). DerivationCodeSequence: "Smoothing" (DCM 113087, the closest CID 7203 code
+for denoising), plus "Pixel by pixel subtraction" (113062) for a noise map.
+
 Pixel values (int16 storage, HU = stored * RescaleSlope + RescaleIntercept):
 - integer-valued data within the int16 range: slope 1, intercept 0, exact;
 - otherwise: slope = the smallest power of two >= (max - min + 1) / 65534 (at least 1/256), an
@@ -35,6 +43,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import InputError
+from .io import dicom_series_files
 
 PathLike = Union[str, os.PathLike]
 
@@ -53,10 +62,30 @@ _DROP = ("PixelData", "LargestImagePixelValue", "SmallestImagePixelValue", "Pixe
          "IconImageSequence", "SourceImageSequence", "DerivationCodeSequence", "NumberOfFrames",
          "PlanarConfiguration", "FloatPixelData", "DoubleFloatPixelData", "RescaleType",
          "LUTExplanation", "VOILUTSequence", "ModalityLUTSequence", "RequestAttributesSequence")
-# CT Image IOD attributes of type 2 (must be present, may be empty) to add when the source lacks them.
+# CT Image IOD attributes of type 2 (must be present, may be empty) to add when the source lacks them
+# (PatientPosition is type 2C, required for CT).
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
           "ReferringPhysicianName", "StudyID", "AccessionNumber", "SeriesNumber", "Manufacturer",
-          "PositionReferenceIndicator", "InstanceNumber", "KVP", "AcquisitionNumber", "SliceThickness")
+          "PositionReferenceIndicator", "InstanceNumber", "KVP", "AcquisitionNumber", "SliceThickness",
+          "PatientPosition")
+#: This software as the equipment that produces the derived instances.
+SOFTWARE_MANUFACTURER = "SelfSupCTDenoise project"
+SOFTWARE_MODEL = "SelfSupCTDenoise"
+# The source's equipment attributes (of the scanner, or of software that made a derived source): they
+# move into its Contributing Equipment item. The institution ones also stay at the top (same site).
+_EQUIPMENT = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions", "StationName",
+              "DeviceSerialNumber", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+              "SpatialResolution", "DateOfLastCalibration", "TimeOfLastCalibration")
+# Removed from the top level: they identify the source's device, not this software (DeviceUID is not
+# allowed in a Contributing Equipment item, so it is dropped).
+_SCANNER_ONLY = ("StationName", "DeviceSerialNumber", "DeviceUID", "SpatialResolution",
+                 "DateOfLastCalibration", "TimeOfLastCalibration")
+# DCM codes: CID 7005 (purpose of contributing equipment), CID 7202 (source image), CID 7203 (derivation).
+ACQUISITION_EQUIPMENT = ("109101", "DCM", "Acquisition Equipment")
+PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
+SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")
+SMOOTHING = ("113087", "DCM", "Smoothing")  # CID 7203 has no "denoising"; this is its closest code
+SUBTRACTION = ("113062", "DCM", "Pixel by pixel subtraction")
 
 
 @dataclass
@@ -83,16 +112,7 @@ def read_source_series(folder: PathLike, series_uid: Optional[str] = None) -> So
     import pydicom
 
     folder = Path(folder)
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) if folder.is_dir() else ()
-    if not series:
-        raise InputError(f"{folder} is not a folder holding a DICOM series.")
-    if series_uid is None:
-        if len(series) > 1:
-            raise InputError(f"{folder} holds {len(series)} DICOM series; name the one to use.")
-        series_uid = series[0]
-    elif series_uid not in series:
-        raise InputError(f"Series {series_uid} is not in {folder}.")
-    files = [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)]
+    files = dicom_series_files(folder, series_uid)  # refuses a folder with a damaged file
     headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
     return SourceSeries(folder, files, headers)
 
@@ -238,6 +258,8 @@ def write_dicom_series(image: sitk.Image, source: SourceSeries, output_dir: Path
     frame_uid = getattr(first, "FrameOfReferenceUID", None) or generate_uid()
     now = datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    contributed = now.astimezone().strftime("%Y%m%d%H%M%S%z")  # DT with the UTC offset
+    derivation_codes = [SMOOTHING, SUBTRACTION] if is_noise_map else [SMOOTHING]
     image_type_3 = list(getattr(first, "ImageType", []))[2:3] or ["AXIAL"]
     thickness = getattr(first, "SliceThickness", None) or image.GetSpacing()[2]
     rows, columns = image.GetSize()[1], image.GetSize()[0]
@@ -255,6 +277,7 @@ def write_dicom_series(image: sitk.Image, source: SourceSeries, output_dir: Path
                     delattr(ds, keyword)
             for tag in [t for t in ds.keys() if t.group & 0xFF00 == 0x6000]:  # overlays
                 del ds[tag]
+            _set_equipment(ds, derivation, contributed)
             for keyword in _TYPE2:
                 if keyword not in ds:
                     setattr(ds, keyword, None)
@@ -271,6 +294,9 @@ def write_dicom_series(image: sitk.Image, source: SourceSeries, output_dir: Path
             ds.FrameOfReferenceUID = frame_uid
             ds.ImageType = ["DERIVED", "SECONDARY", *image_type_3]
             ds.DerivationDescription = derivation
+            ds.DerivationCodeSequence = DicomSequence([_code_item(code) for code in derivation_codes])
+            if ds.get("BurnedInAnnotation") != "YES":  # the source's annotations stay; none is added
+                ds.BurnedInAnnotation = "NO"
             ds.ImageComments = "SelfSupCTDenoise output: research use, not for diagnosis"
             ds.InstanceNumber = k + 1
             ds.ImagePositionPatient = [_ds(v) for v in position]
@@ -285,6 +311,7 @@ def write_dicom_series(image: sitk.Image, source: SourceSeries, output_dir: Path
                 reference = pydicom.Dataset()
                 reference.ReferencedSOPClassUID = template.SOPClassUID
                 reference.ReferencedSOPInstanceUID = template.SOPInstanceUID
+                reference.PurposeOfReferenceCodeSequence = DicomSequence([_code_item(SOURCE_FOR_PROCESSING)])
                 ds.SourceImageSequence = DicomSequence([reference])
             ds.Rows, ds.Columns = rows, columns
             ds.SamplesPerPixel = 1
@@ -306,6 +333,46 @@ def write_dicom_series(image: sitk.Image, source: SourceSeries, output_dir: Path
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return written
+
+
+def _code_item(code: Tuple[str, str, str]) -> Any:
+    import pydicom
+
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
+
+
+def _set_equipment(ds: Any, description: str, contributed: str) -> None:
+    """Make this software the equipment of `ds` (a copy of a source header, ImageType still the
+    source's) and record the source's equipment, then this software, as contributing equipment."""
+    import pydicom
+    from pydicom.sequence import Sequence as DicomSequence
+
+    items = list(ds.get("ContributingEquipmentSequence") or [])  # the source's own history first
+    if str(ds.get("Manufacturer") or "").strip():  # type 1 in an item: unknown equipment is left out
+        image_type = list(ds.get("ImageType") or ["ORIGINAL"])
+        acquired = str(image_type[0]).upper() == "ORIGINAL"
+        source = pydicom.Dataset()
+        source.PurposeOfReferenceCodeSequence = DicomSequence(
+            [_code_item(ACQUISITION_EQUIPMENT if acquired else PROCESSING_EQUIPMENT)])
+        for keyword in _EQUIPMENT:
+            if keyword in ds and ds[keyword].value not in (None, "", []):
+                setattr(source, keyword, copy.deepcopy(ds[keyword].value))
+        items.append(source)
+    software = pydicom.Dataset()
+    software.PurposeOfReferenceCodeSequence = DicomSequence([_code_item(PROCESSING_EQUIPMENT)])
+    software.Manufacturer, software.ManufacturerModelName = SOFTWARE_MANUFACTURER, SOFTWARE_MODEL
+    software.SoftwareVersions = __version__
+    software.ContributionDateTime = contributed
+    software.ContributionDescription = description
+    items.append(software)
+    ds.ContributingEquipmentSequence = DicomSequence(items)
+    for keyword in _SCANNER_ONLY:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.Manufacturer, ds.ManufacturerModelName = SOFTWARE_MANUFACTURER, SOFTWARE_MODEL
+    ds.SoftwareVersions = __version__
 
 
 def _move_into_place(temp: Path, output_dir: Path) -> None:

@@ -46,6 +46,17 @@ def soft_tissue_std(volume_hu: np.ndarray, values: np.ndarray) -> float:
     return float(values[mask].std()) if mask.sum() > 64 else float(values.std())
 
 
+def flat_soft_tissue_mask(slice_hu: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """`soft_tissue_mask` (or `mask`) without its steepest quarter of smoothed gradient (organ
+    borders, vessels): the uniform-ish soft tissue where noise is measured and lesions are placed."""
+    slice_hu = np.asarray(slice_hu, dtype=np.float32)
+    mask = soft_tissue_mask(slice_hu) if mask is None else mask
+    if not mask.any():
+        return mask
+    gradient = ndimage.gaussian_gradient_magnitude(slice_hu, _EDGE_SIGMA_PX)
+    return mask & (gradient <= np.quantile(gradient[mask], _FLAT_FRACTION))
+
+
 def _robust_std(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
@@ -60,8 +71,7 @@ def laplacian_responses(volume_hu: np.ndarray) -> tuple:
         mask = soft_tissue_mask(slice_hu)
         if mask.sum() < 64:
             continue
-        gradient = ndimage.gaussian_gradient_magnitude(slice_hu, _EDGE_SIGMA_PX)
-        mask &= gradient <= np.quantile(gradient[mask], _FLAT_FRACTION)
+        mask = flat_soft_tissue_mask(slice_hu, mask)
         fine.append(ndimage.convolve(slice_hu, _FINE, mode="reflect")[mask])
         coarse.append(ndimage.convolve(slice_hu, _COARSE, mode="reflect")[mask])
     if not fine:

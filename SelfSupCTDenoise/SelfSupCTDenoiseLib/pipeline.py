@@ -16,12 +16,14 @@ import SimpleITK as sitk
 
 from .bundle import Bundle, load_bundle
 from .config import AdaptConfig
-from .errors import InputError
-from .io import PathLike, check_ct_array, check_output_path, image_like, read_volume, same_file, write_volume
+from .errors import BundleError, InputError
+from .io import (OutputSet, PathLike, check_ct_array, check_folder_writable, check_output_path, image_like,
+                 padding_mask, read_volume, remove_stale_temps, same_file, write_error)
+from .lowdose import HU_AIR
 from .noise_level import NoiseEstimate, estimate_noise, soft_tissue_std
 from .progress import CancelToken, ProgressCallback, ProgressEvent
-from .provenance import build_provenance, set_image_fields, write_sidecar
-from .quality import cast_like_input, strength_blend
+from .provenance import build_provenance, set_image_fields, sidecar_path, sidecar_text
+from .quality import all_finite, cast_like_input, slabs, strength_blend
 from .spectrum import DEFAULT_BAND_EDGES
 
 #: Slices used by the guard to compare the adapted and the pretrained model.
@@ -34,13 +36,35 @@ GUARD_TOLERANCE = 0.1
 @dataclass
 class DenoiseResult:
     denoised: np.ndarray       # float32 HU at the requested strength
-    noise_map: np.ndarray      # float32: input - denoised (what was removed)
-    full_strength: np.ndarray  # float32 HU at strength 1 (to re-blend without adapting again)
+    full_strength: Optional[np.ndarray]  # float32 HU at strength 1 (to re-blend without adapting again);
+    #                                      the same array as `denoised` at strength 1
     info: Dict[str, Any] = field(default_factory=dict)  # provenance record (provenance.py); run details in info["run"]
+    input_hu: Optional[np.ndarray] = field(default=None, repr=False)  # the caller's input itself, not a copy
+
+    @property
+    def noise_map(self) -> np.ndarray:
+        """float32: input - denoised (what was removed), made on each access: one volume less to keep."""
+        return np.subtract(self.input_hu, self.denoised, dtype=np.float32)
 
 
 def evenly_spaced(n_total: int, n_pick: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, min(n_total, n_pick)).round().astype(int))
+
+
+#: The lowest HU the networks are given. They were trained on CT floored at -1024 HU (datasets.HU_FLOOR)
+#: plus low-dose noise, whose tail in air reaches -1090 HU at the training dose and -1270 HU at the
+#: lowest simulated doses: darker values (resampled edges of the scan circle) are raised to this.
+#: Not -1024 itself: cutting the noise in air there shifts the output in air (+8 HU at 50 HU noise).
+NETWORK_FLOOR_HU = -1200.0
+
+
+def model_view(volume_hu: np.ndarray):
+    """(what the networks and every statistic see, padding mask or None): scanner padding
+    (io.padding_mask) becomes air, -1024 HU, and nothing lies below NETWORK_FLOOR_HU. A new array."""
+    volume = np.asarray(volume_hu, dtype=np.float32)
+    padding = padding_mask(volume)
+    view = np.where(padding, np.float32(HU_AIR), np.maximum(volume, np.float32(NETWORK_FLOOR_HU)))
+    return view, (padding if padding.any() else None)
 
 
 def pseudo_noise_std(sampler, source, norm, patches: int = 64) -> float:
@@ -65,7 +89,8 @@ def prepare_pseudo_pairs(volume: np.ndarray, bundle: Bundle, config: AdaptConfig
 
     norm = bundle.normalization
     pool_index = evenly_spaced(len(volume), config.adapt_slices)
-    pool = torch.from_numpy(norm.to_model(volume[pool_index]))[:, None]
+    pool_hu = model_view(volume[pool_index])[0]  # patches hold no padding, only the air it stands for
+    pool = torch.from_numpy(norm.to_model(pool_hu))[:, None]
     kind = "paper" if oracle_noise is not None else config.pseudo_noise
     source = PseudoNoiseSource(kind, bundle.calibration, norm, bundle.noise_histogram,
                                config.gaussian_sigma_hu, generator, input_band_power=estimate.band_power)
@@ -73,7 +98,7 @@ def prepare_pseudo_pairs(volume: np.ndarray, bundle: Bundle, config: AdaptConfig
     if oracle_noise is not None:
         model_noise = torch.from_numpy(norm.noise_to_model(oracle_noise[pool_index]).astype(np.float32))[:, None]
     elif source.needs_models:
-        outputs = [apply_slicewise(n, volume[pool_index], config.infer_batch, phase="noise",
+        outputs = [apply_slicewise(n, pool_hu, config.infer_batch, phase="noise",
                                    to_input=norm.to_model, progress=progress, cancel=cancel)
                    for n in bundle.build_noise_models(device)]
         model_noise = torch.from_numpy(np.stack(outputs, axis=1))
@@ -87,8 +112,8 @@ def prepare_pseudo_pairs(volume: np.ndarray, bundle: Bundle, config: AdaptConfig
 
 def estimate_input_noise(volume: np.ndarray, bundle: Bundle, config: AdaptConfig) -> NoiseEstimate:
     """Noise level and texture of the input (the slices that feed the adaptation), with the
-    training noise texture as the smooth end of the family (see noise_level.py)."""
-    return estimate_noise(volume[evenly_spaced(len(volume), config.adapt_slices)],
+    training noise texture as the smooth end of the family (see noise_level.py). Padding counts as air."""
+    return estimate_noise(model_view(volume[evenly_spaced(len(volume), config.adapt_slices)])[0],
                           bundle.calibration.get("band_power_real"),
                           bundle.calibration.get("band_edges", DEFAULT_BAND_EDGES))
 
@@ -96,31 +121,67 @@ def estimate_input_noise(volume: np.ndarray, bundle: Bundle, config: AdaptConfig
 def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: Bundle,
                   config: AdaptConfig = AdaptConfig(), progress: Optional[ProgressCallback] = None,
                   cancel: Optional[CancelToken] = None, on_teacher_update=None,
-                  oracle_noise: Optional[np.ndarray] = None) -> DenoiseResult:
+                  oracle_noise: Optional[np.ndarray] = None, *, keep_full_strength: bool = True) -> DenoiseResult:
     """Denoise a (z, y, x) HU volume; nothing here writes files. See `config.AdaptConfig`.
 
+    Runs with `config.threads` torch threads (the previous count is restored): the same input, seed,
+    thread count, device and torch build give the same output. The output is always finite: a
+    diverging adaptation falls back to the pretrained model, a non-finite pretrained output is an error.
+    Memory: besides the input (never copied whole) one float32 volume at strength 1, two below it;
+    `keep_full_strength=False` blends in place and leaves `full_strength` None (always one volume).
     Benchmark hooks: `on_teacher_update(step, model)` and `oracle_noise` (see prepare_pseudo_pairs).
     """
+    from .inference import torch_threads
+
+    with torch_threads(config.threads):
+        return _denoise_array(volume_hu, spacing_xyz, bundle, config, progress, cancel, on_teacher_update,
+                              oracle_noise, keep_full_strength)
+
+
+def _denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: Bundle, config: AdaptConfig,
+                   progress: Optional[ProgressCallback], cancel: Optional[CancelToken], on_teacher_update,
+                   oracle_noise: Optional[np.ndarray], keep_full_strength: bool = True) -> DenoiseResult:
+    """`denoise_array` once its thread count is set."""
     import torch
 
     from .adapt import adapt
-    from .inference import apply_slicewise, describe_device, resolve_device
+    from .inference import apply_slicewise, describe_device, mixed_precision_dtype, resolve_device
 
     start = time.perf_counter()
     check_ct_array(volume_hu)
-    volume = np.asarray(volume_hu, dtype=np.float32)
+    # Never copied whole: the networks, the noise estimate, the patches and the guard see model_view
+    # (padding as air) of the slices they use, batch by batch; the padding is given back below.
+    volume = np.asarray(volume_hu)
     device = resolve_device(config.device)
-    autocast = config.mixed_precision and device.type == "cuda"
+    amp_dtype = mixed_precision_dtype(device, config.mixed_precision)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     norm = bundle.normalization
     pretrained = bundle.build_denoiser(device)
     model = pretrained
-    run_info: Dict[str, Any] = {"adaptation": None, "guard": None}
+    run_info: Dict[str, Any] = {"adaptation": None, "guard": None,
+                                "precision": str(amp_dtype or torch.float32).replace("torch.", "")}
+    guard_index = evenly_spaced(len(volume), GUARD_SLICES)
+    guard_outputs: Dict[Any, np.ndarray] = {}  # model -> its output on the guard's slices
+    full = None  # the output at strength 1, made once the model is chosen
 
-    def run(net, slices, phase):
-        return apply_slicewise(net, slices, config.infer_batch, phase=phase, to_input=norm.to_model,
-                               from_output=norm.to_hu, autocast=autocast, progress=progress, cancel=cancel)
+    def run(net, index=None):
+        """net's HU output on the slices `index`; with None on every slice, into `full`, where the
+        guard's output of this model is reused (not run twice)."""
+        known = guard_outputs.get(net) if index is None else None
+        if known is not None:
+            full[guard_index] = known
+        return apply_slicewise(net, volume if index is None else volume[index], config.infer_batch, phase="infer",
+                               to_input=lambda hu: norm.to_model(model_view(hu)[0]), from_output=norm.to_hu,
+                               amp_dtype=amp_dtype, progress=progress, cancel=cancel,
+                               out=full if index is None else None, done=guard_index if known is not None else ())
+
+    def fall_back(reason: str):
+        """The pretrained model, saying why (progress message and run info), guard on or off."""
+        run_info["guard"] = {**(run_info["guard"] or {}), "fell_back": True, "reason": reason}
+        if progress is not None:
+            progress(ProgressEvent("adapt", message=f"{reason}: using the pretrained model"))
+        return pretrained
 
     if progress is not None:
         progress(ProgressEvent("noise", message="estimating the input's noise level"))
@@ -131,83 +192,122 @@ def denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: B
     if config.steps > 0:
         sampler, source = prepare_pseudo_pairs(volume, bundle, config, device, generator, estimate,
                                                progress, cancel, oracle_noise)
-        model, history = adapt(pretrained, sampler, source, config, progress, cancel, autocast, on_teacher_update)
+        model, history = adapt(pretrained, sampler, source, config, progress, cancel, amp_dtype, on_teacher_update)
         run_info["adaptation"] = {
-            "final_loss": float(np.mean(history.losses[-config.period:])),
+            "final_loss": float(np.mean(history.losses[-config.period:])) if history.losses else None,
             "teacher_updates": len(history.teacher_updates),
-            "final_lr": history.learning_rates[-1],
+            "final_lr": history.learning_rates[-1] if history.learning_rates else config.lr,
             "level_factor": source.level_factor,
+            "diverged_at_step": history.diverged_at,
         }
-        if config.guard and np.isfinite(estimated_noise):
-            guard_index = evenly_spaced(len(volume), GUARD_SLICES)
-            sample = volume[guard_index]
-            removed_pre = soft_tissue_std(sample, sample - run(pretrained, sample, "infer"))
-            removed_adapted = soft_tissue_std(sample, sample - run(model, sample, "infer"))
-            fallback = (abs(removed_adapted - estimated_noise)
-                        > abs(removed_pre - estimated_noise) + GUARD_TOLERANCE * estimated_noise)
+        if history.diverged_at is not None:
+            model = fall_back(f"adaptation diverged (non-finite loss at step {history.diverged_at})")
+        elif config.guard and np.isfinite(estimated_noise):
+            sample = model_view(volume[guard_index])[0]
+            guard_outputs = {pretrained: run(pretrained, guard_index), model: run(model, guard_index)}
+            removed_pre = soft_tissue_std(sample, sample - guard_outputs[pretrained])
+            removed_adapted = soft_tissue_std(sample, sample - guard_outputs[model])
             run_info["guard"] = {"removed_std_pretrained_hu": removed_pre, "removed_std_adapted_hu": removed_adapted,
-                                 "estimated_noise_std_hu": estimated_noise, "fell_back": bool(fallback)}
-            if fallback:
-                model = pretrained
-                if progress is not None:
-                    progress(ProgressEvent("adapt", config.steps, config.steps, message=(
-                        "adaptation removed noise unlike the input's estimated noise: "
-                        "using the pretrained model")))
-    full = run(model, volume, "infer")
-    denoised = strength_blend(volume, full, config.strength)
+                                 "estimated_noise_std_hu": estimated_noise, "fell_back": False, "reason": None}
+            if not np.isfinite(removed_adapted):  # NaN compares False: test it first
+                model = fall_back("the adapted model's output is not finite")
+            elif (abs(removed_adapted - estimated_noise)
+                  > abs(removed_pre - estimated_noise) + GUARD_TOLERANCE * estimated_noise):
+                model = fall_back("adaptation removed noise unlike the input's estimated noise")
+    full = np.empty(volume.shape, dtype=np.float32)
+    run(model)
+    if model is not pretrained and not all_finite(full):  # checked whether or not the guard is on
+        model = fall_back("the adapted model's output is not finite")
+        run(model)
+    if not all_finite(full):
+        hint = " or turn mixed precision off" if amp_dtype == torch.float16 else ""
+        raise BundleError(f"The pretrained model of bundle '{bundle.name}' gives NaN or infinite values on this "
+                          f"volume: the bundle is broken; reinstall or re-create it{hint}. Nothing was written.")
+    for part in slabs(full):  # the padding bit for bit, nothing removed there, at any strength
+        padding = padding_mask(volume[part])
+        if padding.any():
+            full[part][padding] = volume[part][padding]
+    if config.strength == 1.0:
+        denoised = full
+    else:
+        denoised = strength_blend(volume, full, config.strength, out=np.empty_like(full) if keep_full_strength else full)
     info = build_provenance(parameters=config, bundle=bundle, device=describe_device(device),
-                            elapsed_s=time.perf_counter() - start, run=run_info)
-    return DenoiseResult(denoised, volume - denoised, full, info)
+                            elapsed_s=time.perf_counter() - start, run=run_info, threads=torch.get_num_threads())
+    return DenoiseResult(denoised, full if keep_full_strength else None, info, volume_hu)
 
 
 def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Optional[PathLike] = None,
                  bundle_path: Optional[PathLike] = None, config: AdaptConfig = AdaptConfig(),
                  progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                 dicom_out: bool = False) -> Dict[str, Any]:
-    """Read, denoise and write. Validates every path first; writes nothing unless the run completes.
+                 dicom_out: bool = False, overwrite: bool = False,
+                 output_dtype: Optional[str] = None) -> Dict[str, Any]:
+    """Read, denoise and write. Validates every path (and that its folder can be written) first.
 
+    The output set (output, noise map, sidecar `<output>.json`) appears complete or not at all: it
+    is written under temporary names, verified, and renamed into place as the last step, sidecar
+    last (io.OutputSet); an error, a full disk or an interrupt leaves the previous files as they were.
     With `dicom_out` (the input must be a DICOM series folder) the outputs are DICOM series folders:
-    new series of the same study (see dicom_out.py)."""
+    new series of the same study (see dicom_out.py); a non-empty output folder is refused unless
+    `overwrite`. `output_dtype` (default: the input's) lets the Slicer worker hand back its strength-1
+    result unrounded ("float32"), so that the panel's blend at any strength equals this function's."""
+    started = time.time()
     source_series = None
+    targets = [Path(p) for p in (output_path, noise_map_path) if p is not None]
     if dicom_out:
         from .dicom_out import read_source_series
 
         if not Path(input_path).is_dir():
             raise InputError("DICOM output needs a DICOM series folder as input.")
         source_series = read_source_series(input_path)
-        for target in (output_path, noise_map_path):
-            if target is not None and (same_file(target, input_path) or (Path(target).is_dir() and any(Path(target).iterdir()))):
+        for target in targets:
+            if same_file(target, input_path) or (target.is_dir() and any(target.iterdir()) and not overwrite):
                 raise InputError(f"The DICOM output folder {target} is the input or not empty; choose a new folder.")
+            check_folder_writable(target.parent)
     else:
         check_output_path(output_path, input_path)
         if noise_map_path is not None:
             check_output_path(noise_map_path, input_path, output_path)
+    for folder in {target.parent for target in targets}:
+        remove_stale_temps(folder, started)
     if progress is not None:
         progress(ProgressEvent("loading", message=str(input_path)))
     image = read_volume(input_path)
     bundle = load_bundle(bundle_path)
-    array = sitk.GetArrayFromImage(image)
-    result = denoise_array(array, image.GetSpacing(), bundle, config, progress, cancel)
+    array = sitk.GetArrayViewFromImage(image)  # read-only, no copy (`image` outlives it)
+    result = denoise_array(array, image.GetSpacing(), bundle, config, progress, cancel, keep_full_strength=False)
     if cancel is not None:
         cancel.raise_if_cancelled()
     if progress is not None:
         progress(ProgressEvent("writing", message=str(output_path)))
-    denoised = cast_like_input(result.denoised, array.dtype)
+    denoised = cast_like_input(result.denoised, array.dtype if output_dtype is None else output_dtype)
     info = {**result.info, "input": Path(input_path).name}
-    output_image = image_like(denoised, image)
-    # what was removed from the input as written (integer outputs are rounded)
-    noise_image = image_like(array.astype(np.float32) - denoised.astype(np.float32), image)
-    if source_series is not None:
-        from .dicom_out import NOISE_MAP_SUFFIX, write_dicom_series
+    result = None  # its float volume, unless it is `denoised` itself (float32 output)
+    # One output image at a time, each dropped once staged: the input, the output and one float
+    # volume (twice while it is converted and read back) are the most held at once.
+    with OutputSet() as outputs:
+        def stage(target: PathLike, written: sitk.Image, noise_map: bool) -> None:
+            if source_series is None:
+                set_image_fields(written, {**info, "output": "noise map (input - denoised)"} if noise_map else info)
+                outputs.add_volume(written, target)
+                return
+            from .dicom_out import NOISE_MAP_SUFFIX, write_dicom_series
 
-        write_dicom_series(output_image, source_series, output_path, provenance=info)
+            suffix = {"suffix": NOISE_MAP_SUFFIX} if noise_map else {}
+            try:
+                write_dicom_series(written, source_series, outputs.stage(target), provenance=info, **suffix)
+            except OSError as exc:
+                raise write_error(Path(target), exc) from None
+
+        stage(output_path, image_like(denoised, image), noise_map=False)
         if noise_map_path is not None:
-            write_dicom_series(noise_image, source_series, noise_map_path, suffix=NOISE_MAP_SUFFIX, provenance=info)
-    else:
-        set_image_fields(output_image, info)
-        write_volume(output_image, output_path)
-        if noise_map_path is not None:
-            set_image_fields(noise_image, {**info, "output": "noise map (input - denoised)"})
-            write_volume(noise_image, noise_map_path)
-    write_sidecar(output_path, info)  # written last: marks the output complete (batch resume)
+            # what was removed from the input as written (integer outputs are rounded)
+            removed = np.subtract(array, denoised, dtype=np.float32)
+            denoised = None
+            noise_image, removed = image_like(removed, image), None
+            stage(noise_map_path, noise_image, noise_map=True)
+            noise_image = None
+        outputs.add_text(sidecar_path(output_path), sidecar_text(info))  # last: marks the set complete
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        outputs.commit()
     return info

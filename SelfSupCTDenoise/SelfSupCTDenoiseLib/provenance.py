@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -63,7 +62,7 @@ def _field(obj: Any, key: str) -> Any:
 def build_provenance(*, parameters: Any, bundle: Any = None, device: Optional[str] = None,
                      seed: Optional[int] = None, elapsed_s: Optional[float] = None,
                      input_path: Optional[PathLike] = None, timestamp: Optional[str] = None,
-                     run: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                     run: Optional[Mapping[str, Any]] = None, threads: Optional[int] = None) -> Dict[str, Any]:
     """The provenance record of one output.
 
     parameters: an AdaptConfig (anything with `to_dict`) or a mapping: every run parameter.
@@ -72,6 +71,8 @@ def build_provenance(*, parameters: Any, bundle: Any = None, device: Optional[st
     seed: defaults to parameters["seed"].
     input_path: only the file (or DICOM folder) name is kept, not the folders above it.
     run: optional results worth keeping (adaptation loss, guard decision, quality numbers...).
+    threads: the CPU thread count the run used (parameters["threads"] may be 0 = all cores); with
+        the seed, device and torch build it decides whether a rerun gives the same output.
     """
     params = dict(parameters.to_dict() if hasattr(parameters, "to_dict") else parameters)
     profile = _field(bundle, "profile")
@@ -84,6 +85,7 @@ def build_provenance(*, parameters: Any, bundle: Any = None, device: Optional[st
                    "profile": getattr(profile, "name", profile)},
         "device": device,
         "seed": params.get("seed") if seed is None else int(seed),
+        "threads": threads,
         "parameters": params,
         "elapsed_s": None if elapsed_s is None else round(float(elapsed_s), 3),
         "timestamp": timestamp or datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -149,18 +151,18 @@ def sidecar_path(output_path: PathLike) -> Path:
     return Path(str(Path(output_path)) + SIDECAR_SUFFIX)
 
 
+def sidecar_text(provenance: Mapping[str, Any]) -> str:
+    return json.dumps(provenance, indent=2, default=str) + "\n"
+
+
 def write_sidecar(output_path: PathLike, provenance: Mapping[str, Any]) -> Path:
-    """Write `<output>.json` atomically (temporary file, then rename); returns its path."""
+    """Write `<output>.json` atomically (io.OutputSet: usual permissions); returns its path."""
+    from .io import OutputSet
+
     path = sidecar_path(output_path)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(provenance, stream, indent=2, default=str)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with OutputSet() as outputs:
+        outputs.add_text(path, sidecar_text(provenance))
+        outputs.commit()
     return path
 
 

@@ -51,40 +51,65 @@ def resolve_strength(value: Union[str, float]) -> float:
     return strength
 
 
-def strength_blend(input_hu: np.ndarray, full_denoised: np.ndarray, strength: Union[str, float]) -> np.ndarray:
-    """Output = X - s * (X - f(X)) as a new array; s = 0 is the input bitwise, s = 1 the full result.
+#: Slices per piece where a whole volume is processed piecewise, so that temporaries stay small.
+SLAB_SLICES = 8
 
-    Float32 (float64 inputs stay float64); integer inputs are blended in float32, which holds every
-    int16 exactly: use `cast_like_input` to go back to the input's dtype.
+
+def slabs(array: np.ndarray) -> List[Any]:
+    """Indices that walk `array` along its first axis `SLAB_SLICES` at a time (all of a 0-d array)."""
+    if np.ndim(array) == 0:
+        return [...]
+    return [slice(start, start + SLAB_SLICES) for start in range(0, len(array), SLAB_SLICES)]
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """`np.isfinite(array).all()` without a volume-sized temporary."""
+    return all(np.isfinite(array[part]).all() for part in slabs(array))
+
+
+def strength_blend(input_hu: np.ndarray, full_denoised: np.ndarray, strength: Union[str, float],
+                   out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Output = X - s * (X - f(X)); s = 0 is the input bitwise, s = 1 the full result.
+
+    A new array: float32 (float64 inputs stay float64); integer inputs are blended in float32, which
+    holds every int16 exactly: use `cast_like_input` to go back to the input's dtype. With `out` (which
+    may be `full_denoised` itself) the result is written there, in that dtype, slab by slab.
     """
     s = resolve_strength(strength)
     if input_hu.shape != full_denoised.shape:
         raise InputError(f"Input {input_hu.shape} and denoised {full_denoised.shape} differ in shape.")
-    dtype = input_hu.dtype if input_hu.dtype == np.float64 else np.dtype(np.float32)
-    # The end points are copies, not arithmetic, so that they are exact (no -0.0, NaN or rounding).
-    if s == 0.0:
-        return np.array(input_hu, dtype=dtype, copy=True)
-    if s == 1.0:
-        return np.array(full_denoised, dtype=dtype, copy=True)
-    out = np.array(input_hu, dtype=dtype, copy=True)
-    removed = out - full_denoised.astype(dtype, copy=False)
-    removed *= dtype.type(s)
-    out -= removed
+    if out is None:
+        out = np.empty(input_hu.shape, input_hu.dtype if input_hu.dtype == np.float64 else np.float32)
+    dtype = out.dtype
+    for part in slabs(out):
+        # The end points are copies, not arithmetic, so that they are exact (no -0.0, NaN or rounding).
+        if s == 1.0:
+            out[part] = full_denoised[part]
+            continue
+        blended = np.array(input_hu[part], dtype=dtype, copy=True)
+        if s != 0.0:
+            removed = blended - full_denoised[part].astype(dtype, copy=False)
+            removed *= dtype.type(s)
+            blended -= removed
+        out[part] = blended
     return out
 
 
 def cast_like_input(array: np.ndarray, input_dtype: Union[np.dtype, type, str]) -> np.ndarray:
     """Cast a float result to the input's dtype: integers are rounded and clipped to the dtype's
-    range only (air at -1024 and bone stay as they are); floats are cast (float32 stays a view-free
-    copy only when needed)."""
-    dtype = np.dtype(input_dtype)
+    range only (air at -1024 and bone stay as they are), slab by slab; floats are cast (float32 stays
+    a view-free copy only when needed)."""
+    dtype, array = np.dtype(input_dtype), np.asarray(array)
     if np.issubdtype(dtype, np.integer):
-        if not np.isfinite(array).all():
+        if not all_finite(array):
             raise SelfSupCTDenoiseError("The result contains NaN or infinite values; nothing was written.")
         info = np.iinfo(dtype)
-        out = np.rint(array)
-        np.clip(out, info.min, info.max, out=out)
-        return out.astype(dtype)
+        out = np.empty(array.shape, dtype)
+        for part in slabs(array):
+            rounded = np.rint(array[part])
+            np.clip(rounded, info.min, info.max, out=rounded)
+            out[part] = rounded
+        return out
     if np.issubdtype(dtype, np.floating):
         return array.astype(dtype, copy=False)
     raise InputError(f"Cannot write a CT result as {dtype}: expected an integer or float type.")

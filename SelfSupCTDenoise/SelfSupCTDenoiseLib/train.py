@@ -65,9 +65,17 @@ class Subject:
     ndct: np.ndarray
     ldct_b: Optional[np.ndarray] = None
     files: Dict[str, str] = field(default_factory=dict)
+    licence: str = "unknown"   # of the source CT: decides whether weights trained on it may ship
 
 
-def load_subject(name: str, ldct_path, ndct_path, ldct_b_path=None) -> Subject:
+def redistributable(licence: str) -> bool:
+    """Whether weights derived from CT under `licence` may ship with the Apache-2.0 extension:
+    no NonCommercial / NoDerivatives terms and a licence that is known at all."""
+    text = licence.upper()
+    return bool(licence) and "UNKNOWN" not in text and not any(t in text for t in ("-NC", "BY-NC", "-ND", "NONCOMMERCIAL"))
+
+
+def load_subject(name: str, ldct_path, ndct_path, ldct_b_path=None, licence: str = "unknown") -> Subject:
     import SimpleITK as sitk
 
     def array(path):
@@ -78,7 +86,7 @@ def load_subject(name: str, ldct_path, ndct_path, ldct_b_path=None) -> Subject:
         raise InputError(f"Subject {name}: LDCT {ldct.shape} and NDCT {ndct.shape} differ in size.")
     ldct_b = array(ldct_b_path) if ldct_b_path else None
     files = {"ldct": str(ldct_path), "ndct": str(ndct_path), **({"ldct_b": str(ldct_b_path)} if ldct_b_path else {})}
-    return Subject(name, ldct, ndct, ldct_b, files)
+    return Subject(name, ldct, ndct, ldct_b, files, licence)
 
 
 class PairSampler:
@@ -247,8 +255,8 @@ def pretrain(subjects: Sequence[Subject], output: Path, config: PretrainConfig =
     noise_histogram = calibration.pop("_noise_histogram")
     training = {
         "engine_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "config": asdict(config), "subjects": [{"name": s.name, "shape": list(s.ldct.shape), **s.files}
-                                               for s in subjects],
+        "config": asdict(config), "subjects": [{"name": s.name, "shape": list(s.ldct.shape), **s.files, "licence": s.licence,
+                                                "redistributable": redistributable(s.licence)} for s in subjects],
         "elapsed_s": round(time.time() - started, 1), "date": time.strftime("%Y-%m-%d"),
         "final_losses": {k: float(np.mean(v[-50:])) for k, v in curves.items()},
     }

@@ -1,9 +1,10 @@
 """One denoising run seen from the scene: input node -> worker process -> output nodes.
 
 The scene is touched only when the worker has finished and its result file has been read: a
-cancelled or failed run leaves the scene exactly as it was. The worker always runs at strength 1;
-the job keeps that result (`fullStrength`) and blends the requested strength on this side, so the
-strength can be changed after the run without adapting again (see strength.py). All methods run on the main thread;
+cancelled or failed run leaves the scene exactly as it was. The worker always runs at strength 1
+and hands that result back unrounded (float32); the job keeps it (`fullStrength`) and blends the
+requested strength on this side exactly as the command line does, so the strength can be changed
+after the run without adapting again (see strength.py). All methods run on the main thread;
 `poll()` is called from a GUI timer (or by `waitForCompletion()` in scripts).
 """
 
@@ -53,7 +54,7 @@ class DenoiseJob:
         self.noiseMapVolume = None
         self.noiseHalfWindow = 0.0
         self.strength = float(self.config.get("strength", 1.0))
-        self.fullStrength = None  # voxel array (K, J, I) of the strength-1 result, once completed
+        self.fullStrength = None  # float32 voxel array (K, J, I) of the strength-1 result, once completed
         self.tracker: Optional[ProgressTracker] = None
         self.geometry: Optional[nodes.VolumeGeometry] = None
         self._scene = None
@@ -77,9 +78,10 @@ class DenoiseJob:
         try:
             self.runner.createWorkDir()
             nodes.writeVolumeFile(self.inputVolume, self.runner.inputPath)
-            # Strength 1 in the worker; the noise map is made here from the blended output.
+            # Strength 1 in the worker, unrounded: rounding before the blend would give other voxels
+            # than the command line. The noise map is made here from the blended output.
             self.runner.start(dict(self.config, strength=1.0), self.bundlePath, noiseMap=False,
-                              forceCpu=self.forceCpu, loadResults=self._readResults)
+                              forceCpu=self.forceCpu, loadResults=self._readResults, outputDtype="float32")
         except BaseException:
             self.runner.cleanup()
             raise

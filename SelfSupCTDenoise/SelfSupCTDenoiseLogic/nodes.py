@@ -32,7 +32,10 @@ CT_PRESETS = {
 }
 #: Layout id of the LDCT | denoised | noise map arrangement (ids above 100 are free for modules).
 THREE_VIEW_LAYOUT_ID = 5701
-THREE_VIEWS = (("Red", "R", "#F34A33"), ("Yellow", "Y", "#EDD54C"), ("Green", "G", "#6EB04B"))
+#: (singleton tag, view label, view colour) of the layout's own slice views: the layout creates
+#: these slice nodes, so Slicer's standard Red, Yellow and Green views keep their orientation.
+THREE_VIEWS = (("SelfSupCTDenoiseInput", "In", "#5B8BD9"), ("SelfSupCTDenoiseDenoised", "Out", "#4FB3A9"),
+               ("SelfSupCTDenoiseNoise", "Noise", "#B07CC6"))
 #: At least this many slices: the method adapts to a volume, not to a single image.
 MIN_SLICES = 2
 #: Smallest in-plane size the engine accepts.
@@ -242,13 +245,16 @@ def hasApplication() -> bool:
 
 
 def showThreeViews(inputNode, denoisedNode, noiseMapNode=None, preset: str = "soft tissue") -> bool:
-    """LDCT | denoised | noise map in three linked axial views, the same CT window on the first two.
-    Needs the Slicer application; returns False (and does nothing) without it."""
+    """LDCT | denoised | noise map in three linked axial views of the module's own (`THREE_VIEWS`),
+    the same CT window on the first two. Needs the Slicer application; returns False (and does
+    nothing) without it."""
     if not hasApplication():
         return False
     layoutManager = slicer.app.layoutManager()
     layoutNode = layoutManager.layoutLogic().GetLayoutNode()
-    if not layoutNode.IsLayoutDescription(THREE_VIEW_LAYOUT_ID):
+    if layoutNode.IsLayoutDescription(THREE_VIEW_LAYOUT_ID):
+        layoutNode.SetLayoutDescription(THREE_VIEW_LAYOUT_ID, threeViewLayoutXml())  # e.g. after a module reload
+    else:
         layoutNode.AddLayoutDescription(THREE_VIEW_LAYOUT_ID, threeViewLayoutXml())
     layoutNode.SetViewArrangement(THREE_VIEW_LAYOUT_ID)
     window, level = CT_PRESETS[preset]

@@ -10,9 +10,12 @@ thread never waits on the child. States::
                               --exit 3-----------> CANCELLED   (the worker stopped itself)
                       RUNNING --cancel()--> CANCELLING --child gone--> CANCELLED
 
-A cancelled run stays cancelled whatever exit code arrives later. Cancel signals the whole process
-tree (the launcher and the real interpreter), kills what is left after a short grace period, and
-the temporary folder is removed as soon as the tree is gone.
+A cancelled run stays cancelled whatever exit code arrives later. Cancel stops the whole process
+tree (the launcher and the real interpreter) and the temporary folder is removed as soon as the tree
+is gone. POSIX: the child leads its own process group, which gets SIGTERM, then SIGKILL after a short
+grace period. Windows: PythonSlicer is a launcher that runs the real interpreter as its child, and
+Slicer bundles no psutil; `taskkill /T /F` finds that child only through its living parent, so the
+tree is killed at once, while the launcher still runs (a windowless process cannot be asked to stop).
 """
 
 import collections
@@ -65,6 +68,26 @@ class RunResult:
     message: str = ""
     returnCode: Optional[int] = None
     elapsedS: float = 0.0
+
+
+def onWindows() -> bool:
+    return sys.platform == "win32"
+
+
+def hiddenConsoleArgs() -> Dict[str, Any]:
+    """Popen/run keywords that keep a console window from flashing up on Windows (as
+    `slicer.util.launchConsoleProcess` does); empty elsewhere."""
+    if not onWindows():
+        return {}
+    info = subprocess.STARTUPINFO()
+    info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    info.wShowWindow = subprocess.SW_HIDE
+    return {"startupinfo": info, "creationflags": subprocess.CREATE_NO_WINDOW}
+
+
+def taskkillCommand(pid: int) -> List[str]:
+    """Windows: force-kill `pid` and every process it started."""
+    return ["taskkill", "/T", "/F", "/PID", str(pid)]
 
 
 def parseWorkerLine(line: str) -> Optional[Dict[str, Any]]:
@@ -170,8 +193,10 @@ class WorkerRunner:
 
     # -- running ---------------------------------------------------------------------------------
     def start(self, config: Dict[str, Any], bundlePath: Optional[str] = None, noiseMap: bool = True,
-              forceCpu: bool = False, loadResults: Optional[Callable[["WorkerRunner"], Any]] = None) -> None:
+              forceCpu: bool = False, loadResults: Optional[Callable[["WorkerRunner"], Any]] = None,
+              outputDtype: Optional[str] = None) -> None:
         """Write the request and launch the child; the input file must already be at `inputPath`.
+        `outputDtype` (e.g. "float32"): the output file's pixel type instead of the input's.
         `loadResults(runner)`, if given, runs in the reader thread after a successful run (e.g. to
         read the result files off the GUI thread); its return value becomes `loadedResults`."""
         self._loadResults = loadResults
@@ -183,7 +208,7 @@ class WorkerRunner:
         request = make_request(self.inputPath.name, self.outputPath.name,
                                self.noiseMapPath.name if noiseMap else None,
                                None if bundlePath is None else str(Path(bundlePath).resolve()), config,
-                               parent_pid=os.getpid())
+                               parent_pid=os.getpid(), output_dtype=outputDtype)
         self.requestPath.write_text(json.dumps(request, indent=1), encoding="utf-8")
 
         env = dict(self.environment if self.environment is not None else os.environ)
@@ -192,10 +217,9 @@ class WorkerRunner:
         env["PYTHONIOENCODING"] = "utf-8"
         if forceCpu:
             env["CUDA_VISIBLE_DEVICES"] = "-1"  # the child cannot touch the GPU at all
-        popenArgs: Dict[str, Any] = {}
-        if os.name == "nt":
-            popenArgs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP
-                                          | getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        popenArgs = hiddenConsoleArgs()
+        if onWindows():
+            popenArgs["creationflags"] |= subprocess.CREATE_NEW_PROCESS_GROUP
         else:
             popenArgs["start_new_session"] = True  # own process group: the tree can be signalled at once
         command = self.command + ["--request", str(self.requestPath)]
@@ -304,8 +328,8 @@ class WorkerRunner:
 
     # -- cancelling ------------------------------------------------------------------------------
     def cancel(self) -> bool:
-        """Stop the run: signal the process tree now, kill it after `killGraceS`. Returns False if
-        there was nothing to cancel. Never blocks the caller."""
+        """Stop the run: signal the process tree now, kill it after `killGraceS` (Windows: kill the
+        tree at once, from a thread). Returns False if there was nothing to cancel. Never blocks."""
         with self._lock:
             if self._state is not RunState.RUNNING:
                 return False
@@ -313,7 +337,8 @@ class WorkerRunner:
         if self._proc is None:
             return True
         self._treeSnapshot = self._processTree()
-        self._signalTree(hard=False)
+        if not onWindows():  # Windows: taskkill takes a moment, so the killer thread runs it
+            self._signalTree(hard=False)
         threading.Thread(target=self._killAfterGrace, name="SelfSupCTDenoise-killer", daemon=True).start()
         return True
 
@@ -331,18 +356,20 @@ class WorkerRunner:
     def _signalTree(self, hard: bool) -> None:
         """Terminate (or kill) every process of the run: psutil's snapshot of the tree when psutil
         is there, plus the process group (POSIX) or taskkill /T (Windows)."""
+        pid = self._proc.pid
+        if onWindows():
+            # Before anything else ends the launcher: /T needs it alive to find the interpreter. While
+            # it is not reaped (poll() is None) its pid cannot belong to another process.
+            if self._proc.poll() is None:
+                subprocess.run(taskkillCommand(pid), capture_output=True, **hiddenConsoleArgs())
         for process in self._treeSnapshot:
             try:
                 process.kill() if hard else process.terminate()
             except Exception:  # noqa: BLE001 - already gone or not ours any more
                 pass
-        pid = self._proc.pid
-        if os.name == "nt":
-            if hard:
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
-            elif not self._treeSnapshot:
-                self._proc.terminate()
-        elif self._groupMayExist():
+        if onWindows():
+            return
+        if self._groupMayExist():
             try:
                 os.killpg(pid, signal.SIGKILL if hard else signal.SIGTERM)
             except (ProcessLookupError, PermissionError):
@@ -356,8 +383,8 @@ class WorkerRunner:
 
     def _killAfterGrace(self) -> None:
         # The reader thread ends once every process holding the output pipe is gone and the
-        # launcher is reaped; until then something of the tree is alive.
-        if self._readerThread is not None:
+        # launcher is reaped; until then something of the tree is alive. Windows: no grace period.
+        if self._readerThread is not None and not onWindows():
             self._readerThread.join(self.killGraceS)
         if self._groupMayExist() or any(_alive(p) for p in self._treeSnapshot):
             self._signalTree(hard=True)

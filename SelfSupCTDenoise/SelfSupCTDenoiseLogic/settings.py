@@ -1,7 +1,8 @@
 """From panel values to an engine run: bundles, device detection, the engine config, time estimates.
 
 Plain Python (no Slicer, no torch): the module's parameter node is converted to keyword values and
-handed to `buildConfig`; the engine's own `AdaptConfig` validates them.
+handed to `buildConfig`, a script's `config` dict to `configFromMapping`; the engine's own
+`AdaptConfig` validates them.
 """
 
 import json
@@ -14,9 +15,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 AUTO_BUNDLE = "auto"
-#: "auto" picks the full model on a CUDA GPU and the cheap one on the CPU.
-AUTO_BUNDLE_PREFERENCE = {True: ("paper", "lite"), False: ("lite", "paper")}
-MODULE_DIR = Path(__file__).resolve().parent.parent
+#: The panel's parameter names that differ from the engine's `AdaptConfig` fields.
+PANEL_NAMES = {"learningRate": "lr", "batchSize": "batch_size"}
+#: Panel switch without an engine field: skip the adaptation (steps 0).
+PRETRAINED_ONLY = "pretrainedOnly"
 
 
 def strengthPresets() -> Dict[str, float]:
@@ -27,7 +29,9 @@ def strengthPresets() -> Dict[str, float]:
 
 
 def modelsDir() -> Path:
-    return MODULE_DIR / "Resources" / "Models"
+    from SelfSupCTDenoiseLib.bundle import models_dir
+
+    return models_dir()
 
 
 def listBundles(folder: Optional[Path] = None) -> Dict[str, Path]:
@@ -59,15 +63,31 @@ def resolveBundle(choice: str, useCuda: bool, customPath: str = "", folder: Opti
         return path
     bundles = listBundles(folder)
     if choice == AUTO_BUNDLE:
-        for name in AUTO_BUNDLE_PREFERENCE[bool(useCuda)]:
-            if name in bundles:
-                return bundles[name]
+        from SelfSupCTDenoiseLib.bundle import default_bundle_for_device
+
+        # The command line's choice: 'paper' on CUDA where that bundle is installed, else 'lite'.
+        path = default_bundle_for_device("cuda" if useCuda else "cpu", folder or modelsDir())
+        if path.name in bundles:
+            return bundles[path.name]
         if bundles:
             return next(iter(bundles.values()))
         raise ValueError(f"No model bundle found in {folder or modelsDir()}. Reinstall the extension.")
     if choice not in bundles:
         raise ValueError(f"Model bundle '{choice}' not found in {folder or modelsDir()}.")
     return bundles[choice]
+
+
+def autoBundleHelp(useCuda: bool, folder: Optional[Path] = None) -> str:
+    """What 'auto' means, and what it picks on this computer for the chosen device."""
+    text = "auto: the full 'paper' model on a CUDA GPU when that bundle is installed, otherwise 'lite'."
+    try:
+        picked = resolveBundle(AUTO_BUNDLE, useCuda, folder=folder).name
+    except ValueError as exc:
+        return f"{text} {exc}"
+    text += f" Here auto picks '{picked}'"
+    if "paper" not in listBundles(folder):
+        text += " ('paper' is not installed)"
+    return text + "."
 
 
 @dataclass(frozen=True)
@@ -81,12 +101,15 @@ class GpuInfo:
 
 def detectGpus(timeout: float = 3.0) -> List[GpuInfo]:
     """NVIDIA GPUs reported by nvidia-smi, without importing torch (empty if there is none)."""
+    from .runner import hiddenConsoleArgs
+
     executable = shutil.which("nvidia-smi")
     if executable is None:
         return []
     try:
         output = subprocess.run([executable, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                                capture_output=True, text=True, timeout=timeout, check=True).stdout
+                                capture_output=True, text=True, timeout=timeout, check=True,
+                                **hiddenConsoleArgs()).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     gpus = []
@@ -116,11 +139,35 @@ def describeDevice(device: str, gpus: Sequence[GpuInfo]) -> str:
 def buildConfig(*, steps: int, period: int, learningRate: float, batchSize: int, seed: int, device: str,
                 strength: float, pretrainedOnly: bool = False, **extra: Any) -> Dict[str, Any]:
     """Engine config dict from panel values, validated by `AdaptConfig` (InputError on bad values)."""
-    from SelfSupCTDenoiseLib.config import AdaptConfig
+    return configFromMapping(dict(steps=int(steps), period=int(period), learningRate=float(learningRate),
+                                  batchSize=int(batchSize), seed=int(seed), device=device, strength=float(strength),
+                                  pretrainedOnly=pretrainedOnly, **extra))
 
-    values = dict(steps=0 if pretrainedOnly else int(steps), period=int(period), lr=float(learningRate),
-                  batch_size=int(batchSize), seed=int(seed), device=device, strength=float(strength), **extra)
-    return AdaptConfig.from_dict(values).to_dict()
+
+def configFromMapping(values: Dict[str, Any]) -> Dict[str, Any]:
+    """Engine config dict (every `AdaptConfig` field) from a mapping in the engine's names (`lr`,
+    `batch_size`, ...), the panel's (`learningRate`, `batchSize`, `pretrainedOnly`) or both. Raises
+    InputError for an unknown key, for one parameter given under both names, or for a bad value."""
+    from dataclasses import fields
+
+    from SelfSupCTDenoiseLib.config import AdaptConfig
+    from SelfSupCTDenoiseLib.errors import InputError
+
+    engine: Dict[str, Any] = {}
+    for key, value in values.items():
+        name = PANEL_NAMES.get(key, key)
+        if name in engine:
+            raise InputError(f"'{key}' and '{name}' are the same parameter: give it once.")
+        engine[name] = value
+    pretrainedOnly = engine.pop(PRETRAINED_ONLY, False)
+    known = [f.name for f in fields(AdaptConfig)]
+    unknown = sorted(set(engine) - set(known))
+    if unknown:
+        raise InputError(f"Unknown parameter(s): {', '.join(unknown)}. Use AdaptConfig's fields "
+                         f"({', '.join(known)}) or the panel's names ({', '.join(PANEL_NAMES)}, {PRETRAINED_ONLY}).")
+    if pretrainedOnly:
+        engine["steps"] = 0
+    return AdaptConfig.from_dict(engine).to_dict()
 
 
 #: Seconds per unit of work on 2 CPU cores (torch 2.13): one adaptation step of 16 patches of 64x64
@@ -142,7 +189,7 @@ DEFAULT_COSTS = {
 #: Pseudo-noise kinds that run the noise models (as `SelfSupCTDenoiseLib.pseudo.MODEL_KINDS`, which
 #: imports torch and so cannot be imported here).
 MODEL_NOISE_KINDS = ("paper", "scaled", "spectral", "model+hist")
-GUARD_SLICES = 6  # the engine's guard runs both models over this many slices
+GUARD_SLICES = 6  # the engine's guard runs both models over this many slices; the adapted model's are reused
 
 
 @dataclass
@@ -175,7 +222,7 @@ def estimateTime(arrayShape: Sequence[int], config: Dict[str, Any], profile: str
         if config.get("pseudo_noise") in MODEL_NOISE_KINDS:
             seconds += numNoiseModels * poolSlices * costs["noiseSliceS"] * pixelScale
         if config.get("guard", True):
-            seconds += 2 * min(slices, GUARD_SLICES) * costs["sliceS"] * pixelScale
+            seconds += min(slices, GUARD_SLICES) * costs["sliceS"] * pixelScale
     return TimeEstimate(seconds, basis)
 
 

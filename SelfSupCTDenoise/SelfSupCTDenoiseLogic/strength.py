@@ -1,7 +1,8 @@
 """Strength after a run, without adapting again.
 
-The worker always denoises at strength 1; the job keeps that full-strength result and blends the
-requested strength here with the engine's `strength_blend` (output = X - s * (X - f(X))). Moving
+The worker always denoises at strength 1 and hands the result back unrounded (float32); the job
+keeps it and blends the requested strength here with the engine's `strength_blend` (output =
+X - s * (X - f(X))) and `cast_like_input`, as the command line does: the same voxels. Moving
 the strength afterwards re-blends the same result: no new adaptation, the same model output.
 The noise map is always what was removed: input - output.
 """

@@ -28,11 +28,14 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("adaptation (defaults in brackets)")
     group.add_argument("--config", type=Path, help="JSON file of parameters; explicit flags override it")
     group.add_argument("--steps", type=int, help=f"adaptation steps; 0 = pretrained model only [{d.steps}]")
-    group.add_argument("--period", type=int, help=f"teacher update period C in steps [{d.period}]")
+    group.add_argument("--period", type=int,
+                       help=f"teacher update period C in steps (the last step updates it too) [{d.period}]")
     group.add_argument("--lr", type=float, help=f"learning rate [{d.lr}]")
     group.add_argument("--batch-size", type=int, help=f"patches per adaptation step [{d.batch_size}]")
     group.add_argument("--patch-size", type=int, help=f"patch side in pixels [{d.patch_size}]")
-    group.add_argument("--seed", type=int, help=f"random seed; same input + seed on CPU = same output [{d.seed}]")
+    group.add_argument("--seed", type=int, help=f"random seed; the same input, seed, thread count, device and "
+                                                f"torch build give the same output [{d.seed}]")
+    group.add_argument("--threads", type=int, help=f"CPU threads for torch; 0 = OMP_NUM_THREADS if set, else all cores [{d.threads}]")
     group.add_argument("--pseudo-noise", choices=PSEUDO_NOISE, help=f"pseudo-noise source [{d.pseudo_noise}]")
     group.add_argument("--noise-level", choices=NOISE_LEVEL,
                        help=f"pseudo-noise level from the bundle or estimated on the input [{d.noise_level}]")
@@ -45,7 +48,7 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-guard", dest="guard", action="store_const", const=False,
                        help="keep the adapted model even when the guard would fall back to the pretrained one")
     group.add_argument("--device", choices=DEVICES, help=f"auto = CUDA when available [{d.device}]")
-    group.add_argument("--infer-batch", type=int, help=f"slices per inference batch [{d.infer_batch}]")
+    group.add_argument("--infer-batch", type=int, help="slices per inference batch [0 = per device: 1 on the CPU, 4 on CUDA]")
     group.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_const", const=False,
                        help="float32 on CUDA too")
     group.add_argument("--strength", type=parse_strength,

@@ -16,7 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pair", nargs="+", action="append", default=[], metavar="PATH",
                         help="one training subject: LDCT NDCT [SECOND_LDCT for N2N]; repeat per subject")
     parser.add_argument("--dataset", type=Path, help="a folder made by `simulate` (uses its training subjects)")
-    parser.add_argument("--tag", default="d25_hann", help="low-dose tag of the dataset to train on [d25_hann]")
+    parser.add_argument("--tag", nargs="+", default=["d25_hann"], metavar="TAG",
+                        help="low-dose tag(s) of the dataset to train on; several tags = one training pair per "
+                             "subject and tag [d25_hann]")
+    parser.add_argument("--subjects", nargs="+", metavar="KEY",
+                        help="only these training subjects of --dataset [all training subjects]")
     parser.add_argument("--profile", default="lite", help="network profile: paper, lite or tiny [lite]")
     parser.add_argument("--method", default="n2c", choices=("n2c", "n2n", "n2v"), help="denoiser pre-training [n2c]")
     parser.add_argument("--denoiser-steps", type=int, default=3000)
@@ -27,6 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", default="l1", choices=("l1", "l2"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
+
+
+def _licence(key: str, entry: dict) -> str:
+    """The image licence of a dataset subject: the code's record (datasets.SUBJECTS) wins over a
+    dataset manifest written before image licences were recorded apart from package licences."""
+    from ..datasets import SUBJECTS
+
+    known = {s.key: s.licence for s in SUBJECTS}
+    return known.get(key) or entry.get("licence") or "unknown"
 
 
 def subjects_from_args(args: argparse.Namespace):
@@ -42,14 +55,22 @@ def subjects_from_args(args: argparse.Namespace):
         if not manifest_path.exists():
             raise InputError(f"{args.dataset} has no manifest.json; build it with `selfsupctdenoise simulate`.")
         manifest = json.loads(manifest_path.read_text())
-        for subject in manifest["subjects"]:
-            if subject["split"] != "train":
+        entries = [s for s in manifest["subjects"] if s["split"] == "train"]
+        keys = [s.get("key") or s["name"] for s in entries]
+        unknown = sorted(set(args.subjects or ()) - set(keys))
+        if unknown:
+            raise InputError(f"Not training subjects of {args.dataset}: {', '.join(unknown)} "
+                             f"(training subjects: {', '.join(keys)}).")
+        for key, subject in zip(keys, entries):
+            if args.subjects and key not in args.subjects:
                 continue
-            name = subject.get("key") or subject["name"]
-            folder = args.dataset / name
-            second = folder / f"ldct_{args.tag}_b.nrrd"
-            subjects.append(load_subject(name, folder / f"ldct_{args.tag}.nrrd", folder / "ndct.nrrd",
-                                         second if second.exists() else None))
+            for tag in args.tag:
+                folder = args.dataset / key
+                second = folder / f"ldct_{tag}_b.nrrd"
+                name = key if len(args.tag) == 1 else f"{key}@{tag}"
+                subjects.append(load_subject(name, folder / f"ldct_{tag}.nrrd", folder / "ndct.nrrd",
+                                             second if second.exists() else None,
+                                             licence=_licence(key, subject)))
     if not subjects:
         raise InputError("No training subjects: give --pair LDCT NDCT (repeat) or --dataset FOLDER.")
     return subjects

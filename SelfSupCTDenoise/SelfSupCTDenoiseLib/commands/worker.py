@@ -40,8 +40,9 @@ PARENT_POLL_S = 2.0
 
 def make_request(input_path: str, output_path: str, noise_map_path: Optional[str] = None,
                  bundle_path: Optional[str] = None, config: Optional[Dict[str, Any]] = None,
-                 parent_pid: Optional[int] = None) -> Dict[str, Any]:
-    """The request as a JSON-ready dict; relative paths are resolved against the request's folder."""
+                 parent_pid: Optional[int] = None, output_dtype: Optional[str] = None) -> Dict[str, Any]:
+    """The request as a JSON-ready dict; relative paths are resolved against the request's folder.
+    `output_dtype`: pixel type of the output (default: the input's; "float32" keeps it unrounded)."""
     return {
         "format": REQUEST_FORMAT,
         "version": REQUEST_VERSION,
@@ -51,6 +52,7 @@ def make_request(input_path: str, output_path: str, noise_map_path: Optional[str
         "bundle": None if bundle_path is None else str(bundle_path),
         "config": dict(config or {}),
         "parent_pid": parent_pid,
+        "output_dtype": output_dtype,
     }
 
 
@@ -166,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         config = AdaptConfig.from_dict(request.get("config") or {})
         info = denoise_file(request["input"], request["output"], request.get("noise_map"),
                             request.get("bundle"), config,
-                            progress=lambda event: emit(json.loads(event.to_json())), cancel=token)
+                            progress=lambda event: emit(json.loads(event.to_json())), cancel=token,
+                            output_dtype=request.get("output_dtype"))
         token.raise_if_cancelled()
         emit({"event": "result", "info": info})
         return EXIT_OK

@@ -38,7 +38,7 @@ class RedCNN(nn.Module):
         self.tconv3 = nn.ConvTranspose2d(c, c, k)
         self.tconv4 = nn.ConvTranspose2d(c, c, k)
         self.tconv5 = nn.ConvTranspose2d(c, 1, k)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)  # on fresh outputs only: fewer full-size temporaries
         if identity_init:
             nn.init.zeros_(self.tconv5.weight)
             nn.init.zeros_(self.tconv5.bias)
@@ -60,8 +60,9 @@ class RedCNN(nn.Module):
         out = self.relu(self.conv4(out))
         residual3 = out
         out = self.relu(self.conv5(out))
-        out = self.relu(self.tconv1(out) + residual3)
+        # in-place sums into the transposed convolutions' own outputs (autograd needs neither)
+        out = self.relu(self.tconv1(out).add_(residual3))
         out = self.relu(self.tconv2(out))
-        out = self.relu(self.tconv3(out) + residual2)
+        out = self.relu(self.tconv3(out).add_(residual2))
         out = self.relu(self.tconv4(out))
-        return self.tconv5(out) + residual1
+        return self.tconv5(out) + residual1  # not in place: under autocast the input is float32, the output not

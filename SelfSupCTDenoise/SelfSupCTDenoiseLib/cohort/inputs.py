@@ -1,0 +1,157 @@
+"""The volumes of a cohort and where each one's outputs go.
+
+INPUTS are folders (the volumes and DICOM series folders they hold, as in the serial batch), list
+files (`.txt`, `.list`, `.lst`: one path a line, `#` comments) or CSV manifests (`.csv`: a header
+with a `path` column; an `output` column may name the output inside OUTDIR; any other column is an
+adaptation option for that volume, named like its flag: `steps`, `strength`, `pseudo-noise`, ...;
+an empty cell keeps the command line's value). Relative paths in a list or manifest are relative to
+that file's folder. Output names, noise-map names and the resume rule are the serial batch's.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..config import AdaptConfig
+from ..errors import InputError
+from ..quality import resolve_strength
+
+LIST_SUFFIXES = (".txt", ".list", ".lst")
+MANIFEST_SUFFIX = ".csv"
+#: Options that are the same for every volume of a cohort: they decide the resources of its tasks.
+COHORT_WIDE = ("device", "threads")
+
+
+@dataclass(frozen=True)
+class CohortVolume:
+    index: int
+    source: Path
+    target: Path
+    noise_map: Optional[Path]
+    config: AdaptConfig
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+
+def _option_types() -> Dict[str, str]:
+    """Per-volume option name -> annotated type ("int", "float", "bool", "str")."""
+    return {f.name: str(f.type) for f in fields(AdaptConfig) if f.name not in COHORT_WIDE}
+
+
+def _parse_value(name: str, kind: str, text: str) -> Any:
+    if name == "strength":
+        return resolve_strength(text)  # also low / medium / high
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+        raise InputError(f"{name} takes true or false, not {text!r}")
+    try:
+        return {"int": int, "float": float}.get(kind, str)(text)
+    except ValueError:
+        raise InputError(f"{name} takes {'an integer' if kind == 'int' else 'a number'}, not {text!r}") from None
+
+
+def _column(header: str) -> str:
+    """`--pseudo-noise`, `Pseudo-Noise` and `pseudo_noise` name the same column."""
+    return header.strip().lstrip("-").lower().replace("-", "_")
+
+
+def _read_manifest(path: Path) -> List[Tuple[Path, Optional[str], Dict[str, Any]]]:
+    types = _option_types()
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"Cannot read the manifest {path}: {exc}") from None
+    if not rows:
+        raise InputError(f"The manifest {path} is empty: it needs a header with a 'path' column.")
+    columns = [_column(h) for h in rows[0]]
+    unknown = [h for h, c in zip(rows[0], columns) if c not in ("path", "output", *types)]
+    if "path" not in columns or unknown:
+        problem = f"unknown column(s) {', '.join(unknown)}" if unknown else "no 'path' column"
+        raise InputError(f"The manifest {path} has {problem}: columns are path, output (optional) and the "
+                         f"per-volume options {', '.join(sorted(types))}.")
+    entries = []
+    for line, row in enumerate(rows[1:], start=2):
+        cells = dict(zip(columns, (cell.strip() for cell in row)))
+        if not any(cells.values()):
+            continue
+        if not cells.get("path"):
+            raise InputError(f"{path} line {line}: the path is empty.")
+        options = {}
+        for name, text in cells.items():
+            if name in types and text:
+                try:
+                    options[name] = _parse_value(name, types[name], text)
+                except InputError as exc:
+                    raise InputError(f"{path} line {line}: {exc}") from None
+        entries.append((path.parent / cells["path"], cells.get("output") or None, options))
+    return entries
+
+
+def _read_list(path: Path) -> List[Path]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read the list file {path}: {exc}") from None
+    return [path.parent / line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _check_output_name(name: str, where: Path) -> str:
+    if Path(name).name != name or name in (".", ".."):
+        raise InputError(f"{where}: the output {name!r} must be a file name inside OUTDIR, not a path.")
+    return name
+
+
+def read_cohort(inputs: Sequence[Path], out: Path, config: AdaptConfig, noise_maps: bool = False,
+                dicom_out: bool = False) -> List[CohortVolume]:
+    """Every volume of the cohort with its output paths and settings (the command line's `config`,
+    changed by its manifest row). Missing or unreadable volumes are kept: they fail as tasks, and the
+    run reports them, like the serial batch."""
+    from ..commands.denoise import _dicom_names, batch_jobs, batch_noise_map, expand_inputs
+
+    sources: List[Path] = []
+    names: List[Optional[str]] = []
+    options: List[Dict[str, Any]] = []
+    for item in inputs:
+        item = Path(item)
+        suffix = item.suffix.lower()
+        if item.is_file() and suffix == MANIFEST_SUFFIX:
+            for source, name, row in _read_manifest(item):
+                found = expand_inputs([source]) if source.is_dir() else [source]
+                if name is not None and len(found) != 1:
+                    raise InputError(f"{item}: {source} holds {len(found)} volumes; an 'output' name needs one.")
+                sources += found
+                names += [None if name is None else _check_output_name(name, item)] * len(found)
+                options += [row] * len(found)
+            continue
+        found = expand_inputs(_read_list(item)) if item.is_file() and suffix in LIST_SUFFIXES else expand_inputs([item])
+        sources += found
+        names += [None] * len(found)
+        options += [{}] * len(found)
+    if not sources:
+        raise InputError("The cohort has no volumes: give folders, volumes, a list file or a CSV manifest.")
+    unique: Dict[Path, int] = {}  # a volume given twice is done once, with its first name and options
+    for position, source in enumerate(sources):
+        unique.setdefault(source.absolute(), position)
+    names = [names[i] for i in unique.values()]
+    options = [options[i] for i in unique.values()]
+    jobs = batch_jobs(list(unique), Path(out).absolute(), names)
+    if dicom_out:
+        jobs = _dicom_names(jobs)
+    volumes = []
+    for index, ((source, target), row) in enumerate(zip(jobs, options)):
+        try:
+            settings = config.with_(**row) if row else config
+        except InputError as exc:
+            raise InputError(f"{source.name} (manifest): {exc}") from None
+        volumes.append(CohortVolume(index, source, target, batch_noise_map(target) if noise_maps else None, settings))
+    return volumes

@@ -1,0 +1,285 @@
+"""Running a cohort on Ray: one task per volume with its resource request, bounded retries,
+progress and events, Ctrl-C.
+
+Security. Whoever reaches a Ray cluster's ports can run code on it. A local Ray (no address) is
+started with every one of its servers on 127.0.0.1 (checked after the start) and Ray's token
+authentication on. Joining a cluster turns token authentication on in this process where the
+installed Ray has it (Ray >= 2.52; the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+~/.ray/auth_token), unless RAY_AUTH_MODE is set. Tasks receive paths and return small summaries:
+no image data goes through Ray's object store, and the run's objects go when the driver disconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from importlib import metadata
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from ..errors import InputError
+from .events import CohortProgress, EventLog
+
+#: Attempts after the first for a task whose worker died or that raised an unexpected error.
+DEFAULT_MAX_RETRIES = 2
+#: Seconds the running tasks get after Ctrl-C to stop on their own (their temporaries removed)
+#: before they are killed.
+CANCEL_GRACE_S = 10.0
+POLL_S = 0.2
+#: Ray's switch for "this node's address is the loopback one" (what it does on macOS and Windows),
+#: read when Ray is imported: its servers then listen on 127.0.0.1 only.
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: First Ray release with token authentication.
+TOKEN_AUTH_SINCE = (2, 52)
+
+
+def _ray_version() -> Optional[Tuple[int, ...]]:
+    try:
+        return tuple(int(part) for part in metadata.version("ray").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def has_token_auth() -> bool:
+    version = _ray_version()
+    return version is not None and version >= TOKEN_AUTH_SINCE
+
+
+def _import_ray():
+    if _ray_version() is None:
+        raise InputError('A cohort runs on Ray, which is not installed: pip install "selfsupctdenoise[cohort]" '
+                         '(or pip install "ray[default]").')
+    import ray
+
+    return ray
+
+
+def _check_loopback(node_ip: str) -> None:
+    if node_ip not in ("127.0.0.1", "::1", "localhost"):
+        raise InputError(f"The local Ray runs on {node_ip}, not on 127.0.0.1 only: stopped. Start the cohort "
+                         "in a fresh process (Ray must not be imported before it), or give --address.")
+
+
+@contextlib.contextmanager
+def ray_cluster(address: Optional[str] = None, num_cpus: Optional[int] = None,
+                num_gpus: Optional[int] = None) -> Iterator[Any]:
+    """Ray, connected: a new local Ray on this machine (`address` None; `num_cpus`, `num_gpus` its
+    resources, default all) or the cluster at `address` ("auto", "host:port", "ray://host:10001").
+    Disconnects at the end; a local Ray is stopped. Where this process is already connected (a
+    script or a test session that started Ray with this function), that connection is used and
+    left as it is."""
+    if address is None and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        ray = sys.modules["ray"]
+        _check_loopback(ray.util.get_node_ip_address())
+        yield ray
+        return
+    if address is None:
+        if "ray" in sys.modules:  # it read its settings (below) when imported: we cannot vouch for them
+            raise InputError("Ray was imported in this process before the cohort could set up a local Ray on "
+                             "127.0.0.1 with token authentication: run the cohort in a fresh process.")
+        # before Ray is imported: it reads these then, and its servers inherit them
+        os.environ.setdefault(LOOPBACK_SWITCH, "0")
+        if has_token_auth():
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        _put_package_on_path()
+    elif has_token_auth() and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    ray = _import_ray()
+    if ray.is_initialized():
+        raise InputError("Ray is already connected in this process; disconnect it first (ray.shutdown()).")
+    import logging
+
+    try:
+        if address is None:
+            context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                               logging_level=logging.WARNING)
+        else:
+            context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
+        where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
+        raise InputError(f"Could not {where}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
+                         + ("" if address is None else " (is the token set? see docs/COHORT.md)")) from None
+    try:
+        if address is None:
+            _check_loopback((context.address_info or {}).get("node_ip_address", ""))
+        if address is not None and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            print("selfsupctdenoise: warning: Ray token authentication is off (RAY_AUTH_MODE="
+                  f"{os.environ.get('RAY_AUTH_MODE', 'unset')}): anyone who reaches the cluster's ports can run "
+                  "code on it.", file=sys.stderr)
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _put_package_on_path() -> None:
+    """Local workers import this package as the driver does, installed or not (tests, a checkout)."""
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+
+
+def check_resources(ray, cpus: float, gpus: float) -> Dict[str, float]:
+    """The cluster's totals; refuses a request that no node can satisfy (the task would wait forever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    best_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    best_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    if cpus > best_cpu or gpus > best_gpu:
+        raise InputError(f"No node of the Ray cluster has {cpus:g} CPU(s) and {gpus:g} GPU(s) for one volume "
+                         f"(largest node: {best_cpu:g} CPUs, {best_gpu:g} GPUs): lower --cpus-per-volume or "
+                         "--gpus-per-volume, or add such a node.")
+    totals = ray.cluster_resources()
+    return {"nodes": len(nodes), "CPU": totals.get("CPU", 0.0), "GPU": totals.get("GPU", 0.0)}
+
+
+class _Board:
+    """A Ray actor (no CPU) that tasks post their events to and the driver drains."""
+
+    def __init__(self) -> None:
+        self.events: List[Dict[str, Any]] = []
+
+    def post(self, event: Dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def drain(self) -> List[Dict[str, Any]]:
+        events, self.events = self.events, []
+        return events
+
+
+def _task(spec: Dict[str, Any], board) -> Dict[str, Any]:
+    """The Ray task: one volume (see task.process_volume). Its start is on the board before any work
+    (so the driver counts every attempt, even of a task that ends at once); phases go without waiting."""
+    import ray
+
+    from .task import process_volume
+
+    def post(event: Dict[str, Any]) -> None:
+        sent = board.post.remote(event)
+        if event["event"] == "started":
+            ray.get(sent)
+
+    return process_volume(spec, post)
+
+
+def _error_text(ray, exc: BaseException, attempts: int) -> Tuple[str, str]:
+    """(status, one-line reason) for an exception raised by ray.get on a task's result."""
+    errors = ray.exceptions
+    if isinstance(exc, errors.TaskCancelledError):
+        return "cancelled", "cancelled"
+    if isinstance(exc, errors.RayTaskError):
+        cause = getattr(exc, "cause", None) or exc
+        text = str(cause).strip().splitlines()
+        return "failed", f"{type(cause).__name__}: {text[-1] if text else ''} ({attempts} attempt(s))"
+    return "failed", f"the worker died ({type(exc).__name__}) in each of {attempts} attempt(s)"
+
+
+def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: float, gpus: float,
+              max_retries: int, log: EventLog, progress: CohortProgress,
+              on_event: Optional[Callable[[Dict[str, Any]], None]] = None
+              ) -> Tuple[Dict[int, Dict[str, Any]], Optional[KeyboardInterrupt]]:
+    """Run one task per spec (volume) and wait for all: ({index: outcome}, the Ctrl-C or SIGTERM that
+    stopped the run, else None). An outcome has "status" (done, qc, failed, cancelled), "attempts",
+    and what the task returned (host, seconds, device, error, qc_error). On Ctrl-C the tasks not
+    finished are cancelled (KeyboardInterrupt in each, so its temporaries are removed; killed after
+    CANCEL_GRACE_S); finished outputs stay."""
+    board = ray.remote(num_cpus=0)(_Board).remote()
+    remote = ray.remote(_task)
+    pending: Dict[Any, int] = {}
+    for spec in specs:
+        # a QC-only task (the output was complete) reads files and needs no GPU
+        request = {"num_cpus": cpus, "num_gpus": gpus if spec["denoise"] else 0}
+        ref = remote.options(**request, max_retries=max_retries, retry_exceptions=True,
+                             name=f"selfsupctdenoise {names[spec['index']]}").remote(spec, board)
+        pending[ref] = spec["index"]
+        emit = log.write("queued", index=spec["index"], volume=names[spec["index"]],
+                         task="denoise" if spec["denoise"] else "qc")
+        if on_event:
+            on_event(emit)
+    outcomes: Dict[int, Dict[str, Any]] = {}
+    attempts: Dict[int, int] = {}
+    running: Dict[int, Dict[str, Any]] = {}
+
+    def record(event: str, **fields) -> None:
+        emitted = log.write(event, volume=names.get(fields.get("index")), **fields)
+        if on_event:
+            on_event(emitted)
+
+    def drain() -> None:
+        for event in ray.get(board.drain.remote()):
+            index = event.get("index")
+            if index in outcomes:
+                continue  # a late event of a finished task
+            kind = event.pop("event")
+            if kind == "started":
+                attempts[index] = attempts.get(index, 0) + 1
+                running[index] = event
+                if attempts[index] > 1:
+                    record("retry", attempt=attempts[index], **event)
+                record("started", attempt=attempts[index], **event)
+            else:
+                record(kind, **event)
+
+    def finish(ref) -> None:
+        index = pending.pop(ref)
+        running.pop(index, None)
+        tries = max(1, attempts.get(index, 0))
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            status, error = _error_text(ray, exc, tries)
+            result = {"status": status, "error": error}
+        outcomes[index] = {**result, "attempts": tries}
+        fields = {k: v for k, v in result.items() if k not in ("index", "status")}
+        record(result["status"] if result["status"] != "qc" else "done", index=index, attempts=tries, **fields)
+        if result["status"] == "failed":
+            progress.line(f"{names[index]}: failed: {result['error']}")
+        elif result["status"] == "done":
+            progress.line(f"{names[index]}: done in {result.get('seconds', 0):.1f} s on {result.get('host')} "
+                          f"({result.get('device')})")
+
+    denoising = {spec["index"] for spec in specs if spec["denoise"]}  # the bar counts these, not QC-only tasks
+
+    def show() -> None:
+        failed = sum(o["status"] == "failed" for o in outcomes.values())
+        waiting = len([i for i in pending.values() if i in denoising and i not in running])
+        progress.update(len(denoising & outcomes.keys()), len(running), failed, waiting)
+
+    interrupted: Optional[KeyboardInterrupt] = None
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
+            drain()
+            for ref in ready:
+                finish(ref)
+            show()
+    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM (cli.Terminated)
+        interrupted = exc
+        _cancel(ray, pending, finish)
+    for ref, index in list(pending.items()):
+        pending.pop(ref)
+        outcomes[index] = {"status": "cancelled", "error": "cancelled", "attempts": attempts.get(index, 0)}
+        record("cancelled", index=index)
+    with contextlib.suppress(Exception):
+        ray.kill(board)
+    return outcomes, interrupted
+
+
+def _cancel(ray, pending: Dict[Any, int], finish) -> None:
+    """Ask every unfinished task to stop, collect those that finish in the grace time, kill the rest."""
+    for ref in list(pending):
+        with contextlib.suppress(Exception):
+            ray.cancel(ref)
+    deadline = time.monotonic() + CANCEL_GRACE_S
+    try:
+        while pending and time.monotonic() < deadline:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
+            for ref in ready:
+                finish(ref)
+    except KeyboardInterrupt:
+        pass  # a second Ctrl+C: kill now
+    for ref in list(pending):
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)

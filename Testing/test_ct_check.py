@@ -1,0 +1,99 @@
+"""The CT-in-HU check: what CT has (air near -1000 HU, a soft-tissue peak), on real files."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SelfSupCTDenoiseLib.cli import main
+from SelfSupCTDenoiseLib.datasets import sample_paths
+from SelfSupCTDenoiseLib.errors import InputError
+from SelfSupCTDenoiseLib.io import read_volume
+from SelfSupCTDenoiseLib.phantom import clean_phantom, correlated_noise
+
+
+def fov(size, radius):
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    return xx ** 2 + yy ** 2 <= radius ** 2
+
+
+def ct_hu(size=64, seed=0):
+    """A noisy CT phantom (HU) with air up to the edge of a circular field of view."""
+    volume = clean_phantom(4, size, seed=seed)
+    return volume + correlated_noise(volume.shape, 25.0, seed=seed + 1)
+
+
+def write(tmp_path, array, name="in.nrrd"):
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path), True)
+    return path
+
+
+def stored_values(dtype):
+    """What a reader that skips the DICOM rescale gives: HU + 1024, zeros outside the field of view."""
+    stored = np.clip(np.round(ct_hu() + 1024), 0, None)
+    stored[:, ~fov(64, 30)] = 0
+    return stored.astype(dtype)
+
+
+def mr_like():
+    """Magnitude MR, background masked to zero (as many exports are), tissue classes up to ~1500."""
+    rng = np.random.default_rng(3)
+    head = fov(64, 26)
+    volume = np.where(head, 650.0, 0.0)[None].repeat(4, 0)  # grey matter
+    volume[:, fov(64, 18)] += 200  # white matter
+    volume[:, head & ~fov(64, 23)] = 1450  # scalp fat, bright on T1
+    return (volume + head * np.abs(rng.normal(0, 15, (4, 64, 64)))).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_raw_stored_values_are_refused_with_the_rescale_hint(tmp_path, dtype):
+    path = write(tmp_path, stored_values(dtype))
+    with pytest.raises(InputError, match=r"stored values, HU \+ 1024.*Apply the rescale slope/intercept"):
+        read_volume(path)
+
+
+def test_mr_like_volume_is_refused_as_not_ct(tmp_path):
+    with pytest.raises(InputError, match="CT only") as info:
+        read_volume(write(tmp_path, mr_like()))
+    assert "HU + 1024" not in str(info.value)  # no rescale hint for what is not shifted CT
+
+
+def test_cli_refuses_stored_values_in_one_line_and_writes_nothing(tmp_path, capsys):
+    source = write(tmp_path, stored_values(np.uint16))
+    before = source.read_bytes()
+    out = tmp_path / "out.nrrd"
+    assert main(["denoise", str(source), str(out), "--steps", "0", "--quiet", "--device", "cpu"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "rescale slope/intercept" in err[0]
+    assert not out.exists() and source.read_bytes() == before
+
+
+def tight_crop():
+    """A field of view cropped to the body (the spine_zoom case): little air, lung only at the edge."""
+    return np.round(ct_hu(96)[:, 14:82, 8:88]).astype(np.int16)
+
+
+def padded(value):
+    volume = np.round(ct_hu(64)).astype(np.int16)
+    volume[:, ~fov(64, 29)] = value
+    return volume
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.round(ct_hu()).astype(np.int16),
+    lambda: ct_hu().astype(np.float32),
+    lambda: ct_hu().astype(np.float64),
+    tight_crop,
+    lambda: padded(-3024),
+    lambda: padded(-2048),
+    lambda: padded(-32768),
+], ids=["int16", "float32", "float64", "tight-crop", "pad-3024", "pad-2048", "pad-32768"])
+def test_ct_volumes_are_accepted(tmp_path, make):
+    array = make()
+    image = read_volume(write(tmp_path, array))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), array)
+
+
+def test_the_shipped_sample_is_accepted():
+    for path in sample_paths().values():
+        assert read_volume(path).GetSize()[2] > 1
