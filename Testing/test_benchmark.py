@@ -70,7 +70,7 @@ def test_parts_merge_without_duplicates_and_the_report_is_written(results, tmp_p
     assert merged["meta"]["date"] == "2999-01-01 00:00 UTC"  # the newest part's
     assert len(merged["rows"]) == len(results["rows"])
     assert len(merged["estimator"]) == len(results["estimator"])
-    report = write_report(merged, tmp_path, "test").read_text()
+    report = write_report(merged, tmp_path, "test").read_text(encoding="utf-8")
     assert "## Protocol `clean`, d25_hann" in report and "## Protocol `ndct`, d25_hann" in report
     assert "| clean | phantom0 | d25_hann |" in report  # the estimator table
     assert (tmp_path / "benchmark.json").exists() and (tmp_path / "benchmark_nps_ratio.png").exists()

@@ -57,7 +57,7 @@ def test_missing_file_manifest_and_folder_are_clear_errors(tiny_bundle, tmp_path
 
 def test_weights_of_another_profile_are_refused(tiny_bundle, tmp_path):
     path = copy_bundle(tiny_bundle, tmp_path)
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     manifest["profile"]["redcnn_channels"] = 16  # claims a bigger network than the weights hold
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="does not match"):
@@ -87,7 +87,7 @@ def test_pretraining_resumes_from_checkpoints(tmp_path):
     bundle = pretrain(subjects, tmp_path / "b", config, lambda e: resumed.append((e.phase, e.step)))
     first_denoiser_steps = [s for p, s in resumed if p == "pretrain denoiser" and s > 0]
     assert first_denoiser_steps[0] == 21  # continued after the checkpoint at step 20
-    assert len(json.loads((bundle.path / "loss_curves.json").read_text())["denoiser"]) == 40
+    assert len(json.loads((bundle.path / "loss_curves.json").read_text(encoding="utf-8"))["denoiser"]) == 40
 
 
 def test_shipped_bundles_are_trained_only_on_redistributable_ct():
@@ -99,7 +99,7 @@ def test_shipped_bundles_are_trained_only_on_redistributable_ct():
     manifests = sorted(models_dir().glob("*/manifest.json"))
     assert manifests
     for path in manifests:
-        subjects = json.loads(path.read_text())["training"]["subjects"]
+        subjects = json.loads(path.read_text(encoding="utf-8"))["training"]["subjects"]
         assert subjects, path
         for subject in subjects:
             assert subject.get("licence") and redistributable(subject["licence"]), (path, subject)

@@ -106,7 +106,7 @@ def test_evaluate_reports_both_windows_as_table_and_json(tmp_path, capsys):
     ldct, ndct = noisy_pair(3, 48, 30.0, seed=3)
     ref, noisy = save(ndct, tmp_path / "ref.nrrd"), save(ldct, tmp_path / "noisy.nrrd")
     assert main(["evaluate", str(noisy), "--reference", str(ref), "--json", str(tmp_path / "r.json")]) == 0
-    row = json.loads((tmp_path / "r.json").read_text())[0]
+    row = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))[0]
     assert 20 < row["psnr_soft"] < 30 and row["psnr_full"] > row["psnr_soft"] + 15
     assert 0 < row["ssim_soft"] < 1 and row["rmse_hu"] == pytest.approx(30.0, rel=0.1)
     assert "PSNR soft" in capsys.readouterr().out
@@ -145,7 +145,7 @@ def test_measure_reports_region_noise_equal_to_numpy_and_the_trust_numbers(tmp_p
     source, result = save(ldct, tmp_path / "in.nrrd"), save(ndct, tmp_path / "out.nrrd")
     assert main(["measure", str(source), str(result), "--region", "1:5,70:90,60:100", "--json",
                  str(tmp_path / "m.json")]) == 0
-    report = json.loads((tmp_path / "m.json").read_text())
+    report = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     rows = {row["image"]: row for row in report["region_stats"]}
     np.testing.assert_allclose(rows["input"]["sd"], ldct[1:5, 70:90, 60:100].std(ddof=1), rtol=1e-5)
     np.testing.assert_allclose(rows["noise map"]["mean"], (ldct - ndct)[1:5, 70:90, 60:100].mean(), atol=1e-4)
@@ -158,7 +158,7 @@ def test_measure_alone_reports_the_input_noise_estimate(tmp_path, capsys, tiny_b
     source = save(ldct, tmp_path / "in.nrrd")
     # the tiny bundle was trained on this phantom noise: its texture anchors the estimate
     assert main(["measure", str(source), "--bundle", str(tiny_bundle.path), "--json", str(tmp_path / "m.json")]) == 0
-    estimate = json.loads((tmp_path / "m.json").read_text())["input_noise_estimate"]
+    estimate = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["input_noise_estimate"]
     true_std = soft_tissue_std(ldct, ldct - ndct)
     assert abs(estimate["std_hu"] - true_std) < 0.2 * true_std
     assert f"input noise ~{estimate['std_hu']:.0f} HU" in capsys.readouterr().out

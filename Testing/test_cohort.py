@@ -43,7 +43,7 @@ def read_array(path: Path) -> np.ndarray:
 
 
 def events(path: Path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def leftovers(folder: Path):
@@ -310,7 +310,7 @@ def test_report_in_headless_chromium_shows_every_volume_with_its_flags(cohort, t
     from SelfSupCTDenoiseLib.qc_report import headless_chromium
 
     report = cohort["out"] / "report.html"
-    assert "http" not in re.sub(r'href="qc/[^"]+"', "", report.read_text()).lower()  # nothing from the network
+    assert "http" not in re.sub(r'href="qc/[^"]+"', "", report.read_text(encoding="utf-8")).lower()  # nothing from the network
     dom = headless_chromium(report)
     rows = re.findall(r'<tr[^>]*data-volume="([^"]+)" data-flags="(\d+)">(.*?)</tr>', dom, re.S)
     assert sorted(name for name, _, _ in rows) == sorted(GOOD + ["broken.nrrd"])

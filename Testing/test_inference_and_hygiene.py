@@ -46,7 +46,7 @@ def test_only_one_batch_of_slices_reaches_the_network_at_a_time():
 
 def test_engine_imports_no_slicer_qt_or_vtk():
     pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|vtk|ctk|PythonQt)\b", re.M)
-    offenders = [p.name for p in ENGINE.rglob("*.py") if pattern.search(p.read_text())]
+    offenders = [p.name for p in ENGINE.rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 

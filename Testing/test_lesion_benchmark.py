@@ -89,19 +89,19 @@ def test_report_section_is_replaced_in_place_and_kept_by_the_benchmark_report(re
     merged = merge_lesion_results([json.loads(json.dumps({k: v for k, v in results.items() if k != "_crops"}))])
     write_lesion_report(merged, tmp_path / "lesions", report)
     write_lesion_report(merged, tmp_path / "lesions", report)  # twice: replaced, not appended
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert text.startswith("# Benchmark\n\nolder text\n") and text.count(f"section {SECTION} start") == 1
     assert "| d25_hann | LDCT |" in text and "](lesions/dprime_vs_size.png)" in text
     assert (tmp_path / "lesions" / "dprime_vs_size.png").stat().st_size > 10_000
-    assert "records" not in json.loads((tmp_path / "lesions" / "lesions.json").read_text())
+    assert "records" not in json.loads((tmp_path / "lesions" / "lesions.json").read_text(encoding="utf-8"))
     # the benchmark rewrites its report from scratch: the lesion section stays
     write_report({"rows": [], "curves": [], "estimator": [], "nps_ratios": {}, "band_edges": [0, 0.5],
                   "meta": {"commit": "x", "date": "d", "device": "cpu", "quick": True, "steps": 1, "subjects": [],
                            "bundles": {}, "protocols": [], "tags": []}}, tmp_path, "selfsupctdenoise benchmark")
-    rewritten = report.read_text()
+    rewritten = report.read_text(encoding="utf-8")
     assert "older text" not in rewritten and rewritten.count("| d25_hann | LDCT |") == text.count("| d25_hann | LDCT |")
     replace_marked_section(report, SECTION, "## replaced")
-    assert "## replaced" in report.read_text() and "| d25_hann | LDCT |" not in report.read_text()
+    assert "## replaced" in report.read_text(encoding="utf-8") and "| d25_hann | LDCT |" not in report.read_text(encoding="utf-8")
 
 
 def test_cli_refuses_bad_counts_without_running(capsys):

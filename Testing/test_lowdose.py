@@ -129,7 +129,7 @@ def test_build_dataset_on_a_local_file(tmp_path, dose_reference):
         out = sitk.ReadImage(str(folder / f"{name}.nrrd"))
         assert out.GetSize() == (64, 64, 2) and out.GetSpacing() == (3.0, 3.0, 5.0)
         assert out.GetOrigin() == (-96.0, -90.0, 12.5) and out.GetPixelID() == sitk.sitkInt16
-    entry = json.loads((tmp_path / "sim" / "manifest.json").read_text())["subjects"][0]
+    entry = json.loads((tmp_path / "sim" / "manifest.json").read_text(encoding="utf-8"))["subjects"][0]
     assert entry == manifest["subjects"][0]
     assert manifest["splits"] == {"train": [], "test": ["phantom"]}
     tags = entry["tags"]

@@ -129,7 +129,7 @@ def pid_alive(pid):
         return False
     status = Path(f"/proc/{pid}/status")
     try:
-        return "\tZ" not in next(line for line in status.read_text().splitlines() if line.startswith("State:"))
+        return "\tZ" not in next(line for line in status.read_text(encoding="utf-8").splitlines() if line.startswith("State:"))
     except OSError:
         return True
 
@@ -167,7 +167,7 @@ def test_completed_run_reports_progress_result_and_keeps_outputs_until_cleanup(f
     assert "a library prints something" in runner.logTail
     assert messages[-1] == {"event": "finished", "state": RunState.COMPLETED}
     assert runner.outputPath.is_file() and runner.noiseMapPath.is_file()
-    request = json.loads(runner.requestPath.read_text())
+    request = json.loads(runner.requestPath.read_text(encoding="utf-8"))
     assert request["input"] == "input.nrrd" and request["parent_pid"] == os.getpid()
     import SimpleITK as sitk
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(runner.outputPath))), array - 10)

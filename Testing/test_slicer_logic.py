@@ -361,7 +361,7 @@ def test_layout_xml_has_three_axial_views_of_its_own_and_is_skipped_headless(sce
 # -- the module file, panel and packaging agree --------------------------------------------------
 
 def module_tree():
-    return ast.parse((MODULE_DIR / "SelfSupCTDenoise.py").read_text())
+    return ast.parse((MODULE_DIR / "SelfSupCTDenoise.py").read_text(encoding="utf-8"))
 
 
 def parameter_fields():
@@ -395,7 +395,7 @@ def test_logic_package_imports_without_torch_or_application():
 def test_cmake_lists_every_shipped_file():
     """A file missing from the module's CMakeLists works from the source tree but is missing from the
     installed extension."""
-    cmake = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "SelfSupCTDenoise")
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "SelfSupCTDenoise")
     listed = set(re.findall(r"^\s+([\w./-]+\.[\w.]+)\s*$", cmake, re.MULTILINE))
     shipped = set()
     for package in ("SelfSupCTDenoiseLib", "SelfSupCTDenoiseLogic"):
@@ -542,7 +542,7 @@ def test_extension_metadata_passes_the_index_checks_offline():
     extension name = catalog file name = CMake project and not starting with 'Slicer', repository
     name starting with 'Slicer', one repository in every URL (catalog, CMake, module help, README),
     icon and screenshots files of this repository, contributors as "Name (Organisation)"."""
-    (catalog_path,) = [p for p in ROOT.glob("*.json") if "slicer-extension-catalog-entry-schema" in p.read_text()]
+    (catalog_path,) = [p for p in ROOT.glob("*.json") if "slicer-extension-catalog-entry-schema" in p.read_text(encoding="utf-8")]
     extension_name = catalog_path.stem
     raw = catalog_path.read_bytes()
     assert b"\r" not in raw  # the Index wants LF line endings
@@ -558,7 +558,7 @@ def test_extension_metadata_passes_the_index_checks_offline():
     owner, repository = _github_repository(catalog["scm_url"])
     assert repository.startswith(REPOSITORY_PREFIXES), repository
 
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.findall(r"project\s*\(\s*([^\s\)]+)", cmake)[0] == extension_name
 
     def cmake_value(name):
@@ -574,8 +574,8 @@ def test_extension_metadata_passes_the_index_checks_offline():
         assert revision == catalog["scm_revision"] and (ROOT / path).is_file() and path.endswith(".png"), url
     from PIL import Image
     assert Image.open(ROOT / icon.split(f"/{catalog['scm_revision']}/", 1)[1]).size == (128, 128)
-    for text in ((MODULE_DIR / "SelfSupCTDenoise.py").read_text(), (MODULE_DIR / "README-Slicer.md").read_text(),
-                 (ROOT / "README.md").read_text(), cmake):
+    for text in ((MODULE_DIR / "SelfSupCTDenoise.py").read_text(encoding="utf-8"), (MODULE_DIR / "README-Slicer.md").read_text(encoding="utf-8"),
+                 (ROOT / "README.md").read_text(encoding="utf-8"), cmake):
         for url in re.findall(r"https://(?:raw\.githubusercontent|github)\.com/[^\s\"'()<>#]+", text):
             if "selfsupctdenoise" in url.lower():  # links to this project, not to others
                 assert _github_repository(url) == (owner, repository), url
@@ -584,7 +584,7 @@ def test_extension_metadata_passes_the_index_checks_offline():
                            if isinstance(node, ast.Assign)
                            and ast.unparse(node.targets[0]) == "self.parent.contributors"]
     assert module_contributors and all(CONTRIBUTORS.fullmatch(name) for name in module_contributors[0])
-    assert "Apache License" in (ROOT / "LICENSE.txt").read_text()[:200]
+    assert "Apache License" in (ROOT / "LICENSE.txt").read_text(encoding="utf-8")[:200]
 
 
 def test_dependency_checks_read_metadata_only():
@@ -945,7 +945,7 @@ def test_translated_texts_are_constant_strings():
     """`_()` looks a text up by its exact source: an f-string or a computed text is never translated
     (values go in with .format after the lookup)."""
     for path in [MODULE_DIR / "SelfSupCTDenoise.py", *sorted((MODULE_DIR / "SelfSupCTDenoiseLogic").glob("*.py"))]:
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("_", "tr", "translate"):
                 assert all(isinstance(arg, ast.Constant) and isinstance(arg.value, str) for arg in node.args), (
                     f"{path.name}:{node.lineno}: {ast.unparse(node)[:120]}")

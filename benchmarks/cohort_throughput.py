@@ -55,7 +55,7 @@ def timed(args, env) -> tuple:
 
 
 def cohort_numbers(log: Path) -> dict:
-    events = [json.loads(line) for line in log.read_text().splitlines()]
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     at = {e["event"]: e["elapsed_s"] for e in events if e["event"] in ("run_started", "cluster", "report")}
     done = [e for e in events if e["event"] == "done"]
     qc_start = {e["index"]: e["elapsed_s"] for e in events if e["event"] == "phase" and e["phase"] == "qc"}
@@ -127,11 +127,11 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        doc = args.out.read_text()
+        doc = args.out.read_text(encoding="utf-8")
         if START not in doc or END not in doc:
             raise SystemExit(f"{args.out} has no {START} ... {END} section")
         head, rest = doc.split(START, 1)
-        args.out.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        args.out.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
 
 
 if __name__ == "__main__":

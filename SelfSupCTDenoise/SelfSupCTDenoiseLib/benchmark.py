@@ -517,8 +517,8 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
         plt.close(fig)
         lines += ["![PSNR vs steps](benchmark_psnr_vs_steps.png)", ""]
     path = out_dir / "BENCHMARK.md"
-    kept = _marked_sections(path.read_text()) if path.exists() else []
-    path.write_text("\n".join(lines + kept))  # sections other commands wrote (benchmark-lesions) stay
+    kept = _marked_sections(path.read_text(encoding="utf-8")) if path.exists() else []
+    path.write_text("\n".join(lines + kept), encoding="utf-8")  # sections other commands wrote (benchmark-lesions) stay
     return path
 
 
@@ -534,13 +534,13 @@ def replace_marked_section(path: Path, name: str, body: str) -> None:
     """Write `body` between the markers of section `name` of a markdown report: replaced where it
     is, appended otherwise; `write_report` keeps such sections when it rewrites the report."""
     block = f"{_marker(name)}\n{body.rstrip()}\n{_marker(name, end=True)}\n"
-    text = path.read_text() if path.exists() else ""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
     start, end = text.find(_marker(name)), text.find(_marker(name, end=True))
     if start >= 0 and end > start:
         text = text[:start] + block + text[end + len(_marker(name, end=True)):].lstrip("\n")
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + block
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
 
 
 def _gains(rows: List[Dict[str, Any]]) -> Dict[Any, Dict[str, float]]:

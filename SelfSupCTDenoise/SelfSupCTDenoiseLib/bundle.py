@@ -113,7 +113,7 @@ def load_bundle(path: Optional[os.PathLike] = None) -> Bundle:
                           "(for example the shipped SelfSupCTDenoise/Resources/Models/lite).")
     manifest_path = path / MANIFEST
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{path} is not a model bundle: {MANIFEST} is missing.") from None
     except (ValueError, UnicodeDecodeError) as exc:

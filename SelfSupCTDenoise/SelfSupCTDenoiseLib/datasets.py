@@ -514,7 +514,7 @@ def load_manifest(dataset_dir: Path = DEFAULT_OUT) -> Dict[str, object]:
     path = Path(dataset_dir) / "manifest.json"
     if not path.exists():
         raise InputError(f"No dataset at {dataset_dir} (missing manifest.json): run `selfsupctdenoise simulate`.")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def subject_paths(dataset_dir: Path, key: str, tag: str = TRAIN_TAG, clean: bool = False) -> Tuple[Path, Path]:

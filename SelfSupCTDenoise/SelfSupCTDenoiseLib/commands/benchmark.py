@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import default_bundle_dir, load_bundle
 
     if args.merge:
-        results = merge_results([json.loads(p.read_text()) for p in args.merge])
+        results = merge_results([json.loads(p.read_text(encoding="utf-8")) for p in args.merge])
         command = results["meta"].get("command", "selfsupctdenoise benchmark")
         print(f"wrote {write_report(results, args.out, command)}")
         return 0

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     command = (f"selfsupctdenoise {name} " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index(name) + 1:])
                if name in sys.argv else f"selfsupctdenoise {name}")
     if args.merge:
-        results = merge_lesion_results([json.loads(p.read_text()) for p in args.merge])
+        results = merge_lesion_results([json.loads(p.read_text(encoding="utf-8")) for p in args.merge])
         results["meta"]["merge_command"] = command
         for path in write_lesion_report(results, args.out, args.report):
             print(f"wrote {path}")

@@ -59,7 +59,7 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
     values = {}
     if getattr(args, "config", None):
         try:
-            values = json.loads(Path(args.config).read_text())
+            values = json.loads(Path(args.config).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InputError(f"Cannot read the parameter file {args.config}: {exc}") from None
         if not isinstance(values, dict):

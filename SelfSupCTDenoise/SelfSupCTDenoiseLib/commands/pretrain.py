@@ -54,7 +54,7 @@ def subjects_from_args(args: argparse.Namespace):
         manifest_path = args.dataset / "manifest.json"
         if not manifest_path.exists():
             raise InputError(f"{args.dataset} has no manifest.json; build it with `selfsupctdenoise simulate`.")
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         entries = [s for s in manifest["subjects"] if s["split"] == "train"]
         keys = [s.get("key") or s["name"] for s in entries]
         unknown = sorted(set(args.subjects or ()) - set(keys))
