@@ -29,7 +29,7 @@ def dataset(tmp_path_factory):
     sitk.WriteImage(image, str(root / "phantom" / "clean.nrrd"))
     (root / "manifest.json").write_text(json.dumps({
         "subjects": [{"key": "phantom", "split": "test", "i0_full": 2.0e4}], "tags": ["d25_hann"],
-        "simulation": {"sigma_e_counts": 10.0}}))
+        "simulation": {"sigma_e_counts": 10.0}}), encoding="utf-8")
     return root
 
 
@@ -72,12 +72,15 @@ def test_every_row_size_and_contrast_is_measured(results):
     assert row["n_positions"] == 6
 
 
-def test_ldct_keeps_the_inserted_contrast_and_bigger_discs_are_easier_to_detect(results):
+def test_ldct_keeps_the_inserted_contrast_and_the_observer_sees_the_discs(results):
     by = {(r["method"], r["diameter_mm"]): r for r in results["rows"]}
     for size in SIZES:
-        assert by[("LDCT", size)]["contrast_retained"] == pytest.approx(1.0, abs=0.3)
-    assert by[("LDCT", 6.0)]["dprime"] > by[("LDCT", 3.0)]["dprime"] > 0.5
-    assert by[("LDCT", 6.0)]["cnr"] > 0.5
+        ldct = by[("LDCT", size)]
+        # the LDCT is the truth plus zero-mean noise: contrast retained is 1 up to its standard error
+        assert abs(ldct["contrast_retained"] - 1.0) < 3 * ldct["contrast_retained_se"] + 0.05
+        assert 0.02 < ldct["contrast_retained_se"] < 0.3
+        assert ldct["dprime"] > 1.0 and 0 < ldct["dprime_se"] < ldct["dprime"]
+        assert ldct["cnr"] > 0.3
     # a smoothing filter lowers the pixel noise
     diffusion = next(m for m, _ in by if "anisotropic" in m)
     assert by[(diffusion, 6.0)]["noise_sd_hu"] < 0.8 * by[("LDCT", 6.0)]["noise_sd_hu"]
@@ -85,8 +88,8 @@ def test_ldct_keeps_the_inserted_contrast_and_bigger_discs_are_easier_to_detect(
 
 def test_report_section_is_replaced_in_place_and_kept_by_the_benchmark_report(results, tmp_path):
     report = tmp_path / "BENCHMARK.md"
-    report.write_text("# Benchmark\n\nolder text\n")
-    merged = merge_lesion_results([json.loads(json.dumps({k: v for k, v in results.items() if k != "_crops"}))])
+    report.write_text("# Benchmark\n\nolder text\n", encoding="utf-8")
+    merged = merge_lesion_results([json.loads(json.dumps(results))])
     write_lesion_report(merged, tmp_path / "lesions", report)
     write_lesion_report(merged, tmp_path / "lesions", report)  # twice: replaced, not appended
     text = report.read_text(encoding="utf-8")

@@ -52,6 +52,20 @@ def test_placed_lesions_are_in_soft_tissue_and_out_of_each_others_rois():
                 assert distance >= half + other.diameter_mm / 2  # the other disc is outside this ROI
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_no_disc_reaches_into_another_lesions_square_roi(seed):
+    """The ROI is a square: a disc near its corner is inside it though farther than half + radius."""
+    image = clean_phantom(1, 128, seed=seed)[0]
+    spacing = (1.0, 1.0)
+    conditions = [(d, c) for d in (3.0, 5.0, 10.0) for c in (-5.0, 20.0)]
+    lesions = place_lesions(image, spacing, conditions, roi_half_width_mm, np.random.default_rng(seed))
+    for lesion in lesions:
+        hy = hx = int(math.ceil(roi_half_width_mm(lesion.diameter_mm)))
+        box = (slice(lesion.y - hy, lesion.y + hy + 1), slice(lesion.x - hx, lesion.x + hx + 1))
+        others = insert_lesions(np.zeros(image.shape, np.float32), [o for o in lesions if o is not lesion], spacing)
+        assert not others[box].any(), (lesion, seed)
+
+
 def test_placement_refuses_when_the_lesions_do_not_fit():
     image = clean_phantom(1, 64, seed=3)[0]
     with pytest.raises(InputError, match="No room for a 10 mm lesion"):

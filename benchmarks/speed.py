@@ -311,8 +311,10 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "networks": rows}, indent=1))
     if args.out:  # what stands above the marker (notes written by hand) is kept
-        kept = args.out.read_text(encoding="utf-8").split(MARKER)[0] if args.out.exists() and MARKER in args.out.read_text(encoding="utf-8") else ""
-        args.out.write_text((kept + MARKER + "\n\n" + text.split("\n", 2)[2] if kept else text) + "\n", encoding="utf-8")
+        previous = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+        kept = previous.split(MARKER)[0] if MARKER in previous else ""
+        new = kept + MARKER + "\n\n" + text.split("\n", 2)[2] if kept else text
+        args.out.write_text(new + "\n", encoding="utf-8")
 
 
 def report(runs, rows, threads, cpu, torch_version, args) -> str:
@@ -334,20 +336,22 @@ def report(runs, rows, threads, cpu, torch_version, args) -> str:
         above = (f"{(r['peak_rss_bytes'] - base) / r['volume_float32_bytes']:.2f}"
                  if base is not None and r["slices"] != 16 else "(reference)" if r["slices"] == 16 else "-")
         lines.append(f"| {r['slices']} | " + " | ".join(f"{r['seconds'][p]:.1f}" for p in PHASES)
-                     + f" | {r['total_s']:.1f} | {r['network_in_run_s']:.1f} | {r['total_s'] / r['network_in_run_s']:.2f}"
+                     + f" | {r['total_s']:.1f} | {r['network_in_run_s']:.1f}"
+                     f" | {r['total_s'] / r['network_in_run_s']:.2f}"
                      f" | {r['peak_rss_bytes'] / 1e9:.2f} | {above} | {r['load_before']}-{r['load_after']} |")
     if runs:
+        units = [(r["slices"], *zip(*r["floor_units_before_after"])) for r in runs]
         lines += ["", "The network alone outside the run (same process, just before / just after it): " + "; ".join(
-            f"{r['slices']} slices: " + " / ".join(f"{forward:.3f}" for forward, _ in r["floor_units_before_after"])
-            + " s per 512x512 slice forward, " + " / ".join(f"{step:.3f}" for _, step in r["floor_units_before_after"])
-            + " s per adaptation step" for r in runs) + "."]
+            f"{n} slices: " + " / ".join(f"{f:.3f}" for f in forwards) + " s per 512x512 slice forward, "
+            + " / ".join(f"{s:.3f}" for s in steps) + " s per adaptation step" for n, forwards, steps in units) + "."]
     if rows:
         lines += ["", "## The networks alone, per profile", "",
-                  f"`--device {args.device}`, {threads} threads, median of {args.repeats}; in the layouts the engine runs "
-                  "them in (forwards in channels_last on the CPU, adaptation in the default layout), one slice per "
-                  "forward.", "",
+                  f"`--device {args.device}`, {threads} threads, median of {args.repeats}; in the layouts the engine "
+                  "runs them in (forwards in channels_last on the CPU, adaptation in the default layout), one slice "
+                  "per forward.", "",
                   "| profile | RED-CNN parameters | 512x512 slice forward (s) | adaptation step, "
-                  f"{args.batch_size} x 64x64 patches (s) | noise model, 512x512 forward (s) |", "|---|---|---|---|---|"]
+                  f"{args.batch_size} x 64x64 patches (s) | noise model, 512x512 forward (s) |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {n} | {p:,} | {f:.3f} | {s:.3f} | {u:.3f} |" for n, p, f, s, u in rows]
     return "\n".join(lines)
 

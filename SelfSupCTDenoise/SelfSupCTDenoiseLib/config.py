@@ -99,7 +99,7 @@ class AdaptConfig:
     adapt_slices: int = 32           # at most this many evenly spaced slices feed the patch pool
     guard: bool = True               # fall back to the pretrained output when adaptation goes wrong
     device: str = "auto"
-    infer_batch: int = 0             # slices per inference batch, 0 = per device (1 on the CPU, 4 on CUDA; halved on CUDA out-of-memory)
+    infer_batch: int = 0             # slices per inference batch; 0 = per device (1 on CPU, 4 on CUDA; halved on OOM)
     mixed_precision: bool = True     # autocast on CUDA (ignored on CPU)
     strength: float = 1.0            # output = X - strength * (X - f(X))
     threads: int = 0                 # torch CPU threads for the run; 0 = OMP_NUM_THREADS if set, else every core

@@ -32,7 +32,8 @@ from .bundle import Bundle
 from .config import AdaptConfig
 from .errors import InputError
 from .lesions import Lesion, core_mask, disc_fraction, insert_lesions, place_lesions, roi
-from .observer import channel_outputs, channel_width_mm, hotelling_dprime, laguerre_gauss_channels, roi_half_width_mm
+from .observer import (channel_outputs, channel_width_mm, dprime_of_groups, group_statistics, hotelling_dprime,
+                       laguerre_gauss_channels, roi_half_width_mm)
 
 SIZES_MM = (3.0, 5.0, 10.0)
 CONTRASTS_HU = (5.0, 10.0, 20.0)   # each inserted as +C and -C
@@ -43,9 +44,16 @@ ROWS = ("LDCT", "N2C (pretrained)", "shipped default", "oracle", "BM3D with the 
 #: Context kept around the ROIs when the simulated slices are cropped (pixels): beyond the RED-CNN's
 #: receptive field and BM3D's search window, so the ROIs denoise as in the whole slice.
 CROP_MARGIN_PX = 24
+#: Paired comparisons (numerator row, denominator row) on the same positions and noise draws.
+COMPARISONS = (("shipped default", "LDCT"), ("shipped default", "N2C (pretrained)"),
+               ("shipped default", "BM3D with the noise PSD"), ("shipped default", "Curvature anisotropic diffusion"),
+               ("strength low", "shipped default"), ("shipped default", "oracle"))
 PLACEMENT_TRIES = 20
 N_BOOTSTRAP = 500
 SECTION = "lesions"
+#: The crops shown per size: a lesion of this contrast, at least this much tissue around it.
+CROP_CONTRAST_HU = 10.0
+CROP_HALF_MM = 12.0
 
 
 def conditions(sizes: Sequence[float] = SIZES_MM, contrasts: Sequence[float] = CONTRASTS_HU) -> List[Tuple[float, float]]:
@@ -240,8 +248,8 @@ def run_lesion_benchmark(dataset: Path, bundle: Bundle, *, tags: Sequence[str] =
                          log: Callable[[str], None] = print, crop_subject: Optional[str] = "pancreas",
                          rows: Sequence[str] = ROWS) -> Dict[str, Any]:
     """Lesion volumes of the held-out subjects at each dose, every row on them, the measures.
-    The outputs of `crop_subject` (else the first subject) are kept in results["_crops"] for
-    `write_crops`."""
+    Full-resolution crops of one +`CROP_CONTRAST_HU` lesion per size of `crop_subject` (else the
+    first subject) go to results["crops"] for `write_crops`."""
     import platform
 
     import SimpleITK as sitk
@@ -281,7 +289,7 @@ def run_lesion_benchmark(dataset: Path, bundle: Bundle, *, tags: Sequence[str] =
                                    "method_noise": method_noise_score(volume.ldct, out["output"])["score"]})
                 records += [{**r, "method": name} for r in position_records(volume, out["output"])]
             if key == (crop_subject if crop_subject in keys else keys[0]):
-                crops[(tag, key)] = (volume, {name: out["output"] for name, out in outputs.items()})
+                crops[tag] = lesion_crops(volume, {name: out["output"] for name, out in outputs.items()})
     device = describe_device(resolve_device(AdaptConfig().device))
     results = {"records": records, "volumes": per_volume, "subjects": geometry,
                "meta": {"tags": list(tags), "subjects": keys, "steps": steps, "layouts": layouts, "repeats": repeats,
@@ -292,9 +300,65 @@ def run_lesion_benchmark(dataset: Path, bundle: Bundle, *, tags: Sequence[str] =
                         "cpu_seconds": round(time.process_time() - cpu_started),
                         "bundle": {"path": str(bundle.path), "sha256": bundle.sha256, "profile": bundle.profile.name},
                         "python": platform.python_version()}}
-    results["_crops"] = crops  # for the crop figure; not serialised
+    results["crops"] = crops
     results["rows"] = summary_rows(records, keys, n_bootstrap, seed)
+    results["comparisons"] = paired_comparisons(records, n_bootstrap=n_bootstrap, seed=seed)
     return results
+
+
+def _resolve(text: str, names: Sequence[str]) -> Optional[str]:
+    """The row name `text` stands for: itself, else the one name holding it (strength blends only
+    when asked for)."""
+    if text in names:
+        return text
+    found = [n for n in names if text in n and ("strength" in text or "strength" not in n)]
+    return found[0] if len(found) == 1 else None
+
+
+def paired_comparisons(records: List[Dict[str, Any]], comparisons: Sequence[Tuple[str, str]] = COMPARISONS,
+                       n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> List[Dict[str, Any]]:
+    """Sum of d' over the contrasts of each size (and over every cell) of one row over another's,
+    with a bootstrap 95 % interval that resamples the same positions for both rows: every row saw
+    the same positions and noise draws, so the comparison is much tighter than the rows' own
+    errors suggest. P(ratio > 1) is the fraction of resamples above 1."""
+    cells: Dict[Tuple[str, float, float], Dict[str, Any]] = {}
+    for r in records:
+        cells.setdefault((r["tag"], r["diameter_mm"], abs(r["contrast_hu"])), {}).setdefault(r["method"], []).append(r)
+    rng = np.random.default_rng(seed)
+    boot: Dict[Tuple[str, float, float], Dict[str, np.ndarray]] = {}
+    point: Dict[Tuple[str, float, float], Dict[str, float]] = {}
+    for cell, by_method in cells.items():
+        n = len(next(iter(by_method.values())))
+        picks = [np.arange(n)] + [rng.integers(0, n, n) for _ in range(n_bootstrap)]  # shared by every row
+        boot[cell], point[cell] = {}, {}
+        for name, group in by_method.items():
+            group = sorted(group, key=lambda r: (r["subject"], r["layout"], r["lesion"]))  # same order per row
+            stats = group_statistics(np.concatenate([np.asarray(r["v1"]) for r in group]),
+                                     np.concatenate([np.asarray(r["v0"]) for r in group]),
+                                     np.concatenate([np.full(len(r["v1"]), i) for i, r in enumerate(group)]),
+                                     np.concatenate([np.full(len(r["v0"]), i) for i, r in enumerate(group)]))
+            values = np.array([dprime_of_groups(stats, pick) for pick in picks])
+            point[cell][name], boot[cell][name] = values[0], values[1:]
+    out = []
+    tags = list(dict.fromkeys(c[0] for c in cells))
+    sizes = sorted({c[1] for c in cells})
+    for tag in tags:
+        names = list(cells[next(c for c in cells if c[0] == tag)])
+        for numerator, denominator in comparisons:
+            a, b = _resolve(numerator, names), _resolve(denominator, names)
+            if a is None or b is None:
+                continue
+            for size in sizes + [None]:
+                mine = [c for c in cells if c[0] == tag and (size is None or c[1] == size)]
+                with np.errstate(divide="ignore", invalid="ignore"):  # a denominator of 0: no ratio
+                    ratios = sum(boot[c][a] for c in mine) / sum(boot[c][b] for c in mine)
+                    value = np.float64(sum(point[c][a] for c in mine)) / sum(point[c][b] for c in mine)
+                ratios = ratios[np.isfinite(ratios)]
+                out.append({"tag": tag, "numerator": a, "denominator": b, "diameter_mm": size,
+                            "ratio": float(value) if np.isfinite(value) else None,
+                            "ci95": [float(np.percentile(ratios, q)) for q in (2.5, 97.5)] if ratios.size else None,
+                            "p_ratio_above_1": float((ratios > 1).mean()) if ratios.size else None})
+    return out
 
 
 def summary_rows(records: List[Dict[str, Any]], subjects: Sequence[str], n_bootstrap: int = N_BOOTSTRAP,
@@ -318,8 +382,9 @@ def summary_rows(records: List[Dict[str, Any]], subjects: Sequence[str], n_boots
 
 def merge_lesion_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Combine runs made in parallel (e.g. one process per dose) into one result."""
-    merged = {"records": [], "volumes": [], "subjects": {}, "meta": dict(parts[0]["meta"])}
+    merged = {"records": [], "volumes": [], "subjects": {}, "crops": {}, "meta": dict(parts[0]["meta"])}
     for part in parts:
+        merged["crops"].update(part.get("crops", {}))
         merged["records"] += part["records"]
         merged["volumes"] += part["volumes"]
         merged["subjects"].update(part["subjects"])
@@ -331,6 +396,7 @@ def merge_lesion_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     merged["meta"]["date"] = max(p["meta"]["date"] for p in parts)
     meta = merged["meta"]
     merged["rows"] = summary_rows(merged["records"], meta["subjects"], meta["n_bootstrap"], meta["seed"])
+    merged["comparisons"] = paired_comparisons(merged["records"], n_bootstrap=meta["n_bootstrap"], seed=meta["seed"])
     return merged
 
 
@@ -389,41 +455,63 @@ def write_dprime_plot(results: Dict[str, Any], png: Path) -> Path:
     return png
 
 
-def write_crops(results: Dict[str, Any], out_dir: Path, contrast: float = 10.0) -> List[Path]:
-    """Per dose, full-resolution (one screen pixel block per image pixel, no smoothing) ROIs of one
-    +`contrast` HU lesion per size, for the noise-free truth and every method."""
+def lesion_crops(volume: LesionVolume, outputs: Dict[str, np.ndarray], contrast: float = CROP_CONTRAST_HU) -> Dict[str, Any]:
+    """Per size, the square around the first +`contrast` HU lesion of layout 0 (half side: its ROI's,
+    at least `CROP_HALF_MM`) in one copy with the lesion: the noise-free truth and every output,
+    plus the HU of the tissue the disc sits in (median of the lesion-free truth under the disc)."""
+    positive = sorted({l.contrast_hu for l in volume.layouts[0] if l.contrast_hu > 0})
+    contrast = contrast if contrast in positive else positive[0]
+    copy = int(np.flatnonzero((volume.layout == 0) & volume.present)[0])
+    lesion_free = volume.truth[int(np.flatnonzero((volume.layout == 0) & ~volume.present)[0])]
+    out: Dict[str, Any] = {"subject": volume.subject, "spacing_yx": list(volume.spacing_yx), "contrast_hu": contrast,
+                           "sizes": {}}
+    for lesion in volume.layouts[0]:
+        if lesion.contrast_hu != contrast:
+            continue
+        half = [max(h, int(math.ceil(CROP_HALF_MM / s))) for h, s in zip(_half_px(lesion.diameter_mm, volume.spacing_yx),
+                                                                         volume.spacing_yx)]
+        half = [min(h, c, n - 1 - c) for h, c, n in zip(half, (lesion.y, lesion.x), lesion_free.shape)]
+        under = disc_fraction(lesion_free.shape, (lesion.y, lesion.x), lesion.diameter_mm, volume.spacing_yx) > 0
+        images = {"truth (noise-free)": roi(volume.truth[copy], (lesion.y, lesion.x), half)}
+        images.update({name: roi(output[copy], (lesion.y, lesion.x), half) for name, output in outputs.items()})
+        out["sizes"][f"{lesion.diameter_mm:g}"] = {
+            "background_hu": float(np.median(lesion_free[under])),
+            "images": {name: np.round(image.astype(np.float64), 1).tolist() for name, image in images.items()}}
+    return out
+
+
+def write_crops(results: Dict[str, Any], out_dir: Path, window_hu: float = 40.0) -> List[Path]:
+    """Per dose, the `lesion_crops` as pictures: one screen block per image pixel (no smoothing),
+    window = the tissue's HU ± `window_hu`, rows = truth and every method, columns = sizes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    for (tag, subject), (volume, outputs) in results.get("_crops", {}).items():
-        lesions = {l.diameter_mm: l for l in volume.layouts[0] if l.contrast_hu == contrast}
-        if not lesions:
+    for tag, crops in results.get("crops", {}).items():
+        sizes = sorted(crops["sizes"], key=float)
+        if not sizes:
             continue
-        copy = int(np.flatnonzero((volume.layout == 0) & volume.present)[0])
-        names = ["truth (noise-free)"] + _method_order({"rows": [{"method": n} for n in outputs]})
-        sizes = sorted(lesions)
-        fig, axes = plt.subplots(len(names), len(sizes), figsize=(2.3 * len(sizes), 2.3 * len(names)), squeeze=False)
+        names = list(crops["sizes"][sizes[0]]["images"])
+        names = names[:1] + _method_order({"rows": [{"method": n} for n in names[1:]]})
+        fig, axes = plt.subplots(len(names), len(sizes), figsize=(2.4 * len(sizes), 2.3 * len(names) + 0.6),
+                                 squeeze=False)
         for j, size in enumerate(sizes):
-            lesion = lesions[size]
-            half = _half_px(size, volume.spacing_yx)
-            background = float(np.median(roi(volume.truth[copy], (lesion.y, lesion.x), half)))
+            crop = crops["sizes"][size]
+            low, high = crop["background_hu"] - window_hu, crop["background_hu"] + window_hu
             for i, name in enumerate(names):
-                image = volume.truth if i == 0 else outputs[name]
                 ax = axes[i][j]
-                ax.imshow(roi(image[copy], (lesion.y, lesion.x), half), cmap="gray", interpolation="nearest",
-                          vmin=background - 60, vmax=background + 60)
+                ax.imshow(np.asarray(crop["images"][name]), cmap="gray", interpolation="nearest", vmin=low, vmax=high)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0:
-                    ax.set_title(f"{size:g} mm, +{contrast:g} HU", fontsize=9)
+                    ax.set_title(f"{size} mm, +{crops['contrast_hu']:g} HU\nwindow {low:.0f} to {high:.0f} HU", fontsize=8)
                 if j == 0:
                     ax.set_ylabel(_short(name), fontsize=7)
-        fig.suptitle(f"{subject}, {tag}: one copy, window {background:.0f} ± 60 HU "
-                     f"({volume.spacing_yx[0]:.2f} mm pixels)", fontsize=9)
-        fig.tight_layout()
+        fig.suptitle(f"{crops['subject']}, {tag}: the disc at the centre of each crop, one copy "
+                     f"({crops['spacing_yx'][0]:.2f} mm pixels)", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.3 * len(names) + 0.6)))
         path = out_dir / f"crops_{tag}.png"
         out_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
@@ -517,6 +605,20 @@ def report_section(results: Dict[str, Any], link_dir: str = "lesions") -> str:
                          f"{_cell(float(np.mean(noise)) if noise else None, None, 1)} | "
                          f"{_cell(float(np.mean([v['method_noise'] for v in mine])) if mine else None)} | "
                          f"{f'{sum(fell)} of {len(fell)}' if fell else '-'} |")
+    if results.get("comparisons"):
+        lines += ["", "### Paired comparisons: Σ d′ over the contrasts of one row over another's [95 % CI]", "",
+                  "Same positions and noise draws for both rows; the interval resamples positions for both at once "
+                  "(bootstrap), P = fraction of resamples with a ratio above 1.", "",
+                  "| dose | rows | " + " | ".join(f"{s:g} mm" for s in sizes) + " | all cells |",
+                  "|---|---|" + "---|" * (len(sizes) + 1)]
+        pairs = list(dict.fromkeys((c["tag"], c["numerator"], c["denominator"]) for c in results["comparisons"]))
+        for tag, a, b in pairs:
+            mine = {c["diameter_mm"]: c for c in results["comparisons"]
+                    if (c["tag"], c["numerator"], c["denominator"]) == (tag, a, b)}
+            lines.append(f"| {tag} | {_short(a)} / {_short(b)} | " + " | ".join(
+                f"{mine[s]['ratio']:.2f} [{mine[s]['ci95'][0]:.2f}, {mine[s]['ci95'][1]:.2f}], P {mine[s]['p_ratio_above_1']:.2f}"
+                if s in mine and mine[s]["ratio"] is not None and mine[s]["ci95"] else "-"
+                for s in list(sizes) + [None]) + " |")
     lines += ["", f"![d' vs lesion size]({link_dir}/dprime_vs_size.png)", ""]
     crops = [f"[{t}]({link_dir}/crops_{t}.png)" for t in meta["tags"]]
     lines += [f"Full-resolution crops of one +10 HU lesion per size, every method: {', '.join(crops)}.", ""]
@@ -528,10 +630,11 @@ def write_lesion_report(results: Dict[str, Any], out_dir: Path, report: Optional
     from .benchmark import replace_marked_section
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # the per-position channel outputs stay in the --json-only parts (megabytes)
-    serial = {k: v for k, v in results.items() if not k.startswith("_") and k != "records"}
-    (out_dir / "lesions.json").write_text(json.dumps(serial, indent=1))
+    # the per-position channel outputs and the crops' pixels stay in the --json-only parts (megabytes)
+    serial = {k: v for k, v in results.items() if k not in ("records", "crops")}
+    (out_dir / "lesions.json").write_text(json.dumps(serial, indent=1), encoding="utf-8")
     written = [out_dir / "lesions.json", write_dprime_plot(results, out_dir / "dprime_vs_size.png")]
+    written += write_crops(results, out_dir)
     if report is not None:
         link = Path(os.path.relpath(out_dir, report.parent)).as_posix()
         replace_marked_section(report, SECTION, report_section(results, link))

@@ -78,12 +78,6 @@ def insert_lesions(slice_hu: np.ndarray, lesions: Sequence[Lesion], spacing_yx: 
     return out
 
 
-def _disc_within(shape: Sequence[int], centre: Tuple[int, int], radius_mm: float,
-                 spacing_yx: Sequence[float]) -> np.ndarray:
-    yy, xx = np.ogrid[:shape[0], :shape[1]]
-    return ((yy - centre[0]) * spacing_yx[0]) ** 2 + ((xx - centre[1]) * spacing_yx[1]) ** 2 < radius_mm ** 2
-
-
 def place_lesions(slice_hu: np.ndarray, spacing_yx: Sequence[float], conditions: Sequence[Tuple[float, float]],
                   roi_half_mm: Callable[[float], float], rng: np.random.Generator,
                   allowed: Optional[np.ndarray] = None, hu_range: Tuple[float, float] = SOFT_TISSUE_HU) -> List[Lesion]:
@@ -116,9 +110,14 @@ def place_lesions(slice_hu: np.ndarray, spacing_yx: Sequence[float], conditions:
         ok &= inner
         if allowed is not None:
             ok &= allowed
-        for other in placed:  # neither disc in the other's ROI
-            keep_out = max(roi_half_mm(other.diameter_mm) + radius, half + other.diameter_mm / 2.0) + MARGIN_MM
-            ok &= ~_disc_within(ok.shape, (other.y, other.x), keep_out, spacing_yx)
+        for other in placed:  # neither disc in the other's ROI: the ROIs are squares, so per axis
+            other_hy, other_hx = (int(np.ceil(roi_half_mm(other.diameter_mm) / s)) for s in (sy, sx))
+            reach = other.diameter_mm / 2.0 + MARGIN_MM
+            # + 1 px: a partly covered pixel reaches up to ~0.7 px beyond the radius
+            ky = max(hy + reach / sy, other_hy + (radius + MARGIN_MM) / sy) + 1
+            kx = max(hx + reach / sx, other_hx + (radius + MARGIN_MM) / sx) + 1
+            ok[max(0, int(np.floor(other.y - ky))):int(np.ceil(other.y + ky)) + 1,
+               max(0, int(np.floor(other.x - kx))):int(np.ceil(other.x + kx)) + 1] = False
         candidates = np.flatnonzero(ok)
         if candidates.size == 0:
             raise InputError(f"No room for a {diameter:g} mm lesion in the soft tissue of this slice "

@@ -100,6 +100,33 @@ def _dprime_squared(stats1, stats0, pick: np.ndarray) -> float:
     return (dof - p - 1) / dof * plug_in - p * spread
 
 
+def group_statistics(v1: np.ndarray, v0: np.ndarray, groups_present: Optional[np.ndarray] = None,
+                     groups_absent: Optional[np.ndarray] = None):
+    """Per-group sufficient statistics of channel outputs with and without the signal (see
+    `hotelling_dprime`), for `dprime_of_groups`; without groups, one group holds both classes."""
+    v1, v0 = np.asarray(v1, np.float64), np.asarray(v0, np.float64)
+    if groups_present is None:
+        stats1, stats0 = _group_sums(v1, np.zeros(len(v1), int), 1), _group_sums(v0, np.zeros(len(v0), int), 1)
+    else:
+        g1, g0 = np.asarray(groups_present, int), np.asarray(groups_absent, int)
+        n_groups = int(max(g1.max(), g0.max())) + 1
+        stats1, stats0 = _group_sums(v1, g1, n_groups), _group_sums(v0, g0, n_groups)
+        if (stats1[0] < 2).any() or (stats0[0] < 2).any():
+            raise ValueError("every group needs at least 2 trials of each class")
+    dof = (stats1[0] - 1).sum() + (stats0[0] - 1).sum()
+    if dof <= v1.shape[1] + 1:
+        raise ValueError(f"{int(dof)} degrees of freedom are too few for {v1.shape[1]} channels")
+    return stats1, stats0
+
+
+def dprime_of_groups(stats, pick: Optional[np.ndarray] = None) -> float:
+    """d' from `group_statistics` over the groups `pick` (with repeats; default all); NaN when the
+    covariance of that pick is singular. Paired comparisons resample the same groups for each method."""
+    pick = np.arange(len(stats[0][0])) if pick is None else pick
+    d2 = _dprime_squared(stats[0], stats[1], pick)
+    return math.sqrt(max(d2, 0.0)) if np.isfinite(d2) else float("nan")
+
+
 def channel_outputs(rois: np.ndarray, channels: np.ndarray, spacing_yx: Sequence[float]) -> np.ndarray:
     """(trials, channels) outputs v = sum over pixels of u_n g x pixel area: the integral of u_n g,
     so that outputs from images of different pixel sizes can be pooled."""
@@ -131,37 +158,22 @@ def hotelling_dprime(v1: np.ndarray, v0: np.ndarray, groups_present: Optional[np
     and a 95 % interval of d' from resampling groups (or trials, without groups) with replacement.
     """
     v1, v0 = np.asarray(v1, np.float64), np.asarray(v0, np.float64)
-    n_channels = v1.shape[1]
-    if groups_present is None:  # two independent samples: one group holding both classes
-        n_groups = 1
-        stats1, stats0 = _group_sums(v1, np.zeros(len(v1), int), 1), _group_sums(v0, np.zeros(len(v0), int), 1)
-    else:
-        g1, g0 = np.asarray(groups_present, int), np.asarray(groups_absent, int)
-        n_groups = int(max(g1.max(), g0.max())) + 1
-        stats1, stats0 = _group_sums(v1, g1, n_groups), _group_sums(v0, g0, n_groups)
-        if (stats1[0] < 2).any() or (stats0[0] < 2).any():
-            raise ValueError("every group needs at least 2 trials of each class")
-    dof = (stats1[0] - 1).sum() + (stats0[0] - 1).sum()
-    if dof <= n_channels + 1:
-        raise ValueError(f"{int(dof)} degrees of freedom are too few for {n_channels} channels")
-    everything = np.arange(n_groups)
-    d2 = _dprime_squared(stats1, stats0, everything)
-    if not np.isfinite(d2):
+    stats = group_statistics(v1, v0, groups_present, groups_absent)
+    n_groups = len(stats[0][0])
+    dprime = dprime_of_groups(stats)
+    if not np.isfinite(dprime):
         raise ValueError("the channel outputs' covariance is singular (constant ROIs?)")
-    dprime = math.sqrt(max(d2, 0.0))
-    out = {"dprime": dprime, "dprime_squared": d2, "auc": auc_from_dprime(dprime),
-           "n_present": len(v1), "n_absent": len(v0), "n_groups": n_groups, "n_channels": n_channels}
+    out = {"dprime": dprime, "auc": auc_from_dprime(dprime), "n_present": len(v1), "n_absent": len(v0),
+           "n_groups": n_groups, "n_channels": v1.shape[1]}
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
         boot = np.empty(n_bootstrap)
         for b in range(n_bootstrap):
             if n_groups > 1:
-                d2_b = _dprime_squared(stats1, stats0, rng.integers(0, n_groups, n_groups))
+                boot[b] = dprime_of_groups(stats, rng.integers(0, n_groups, n_groups))
             else:
                 i1, i0 = rng.integers(0, len(v1), len(v1)), rng.integers(0, len(v0), len(v0))
-                d2_b = _dprime_squared(_group_sums(v1[i1], np.zeros(len(i1), int), 1),
-                                       _group_sums(v0[i0], np.zeros(len(i0), int), 1), everything)
-            boot[b] = math.sqrt(max(d2_b, 0.0)) if np.isfinite(d2_b) else np.nan
+                boot[b] = dprime_of_groups(group_statistics(v1[i1], v0[i0]))
         boot = boot[np.isfinite(boot)]  # resamples too narrow for the covariance are left out
         out["dprime_se"] = float(boot.std(ddof=1)) if boot.size > 1 else float("nan")
         out["dprime_ci95"] = ([float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]

@@ -230,7 +230,8 @@ def _denoise_array(volume_hu: np.ndarray, spacing_xyz: Sequence[float], bundle: 
     if config.strength == 1.0:
         denoised = full
     else:
-        denoised = strength_blend(volume, full, config.strength, out=np.empty_like(full) if keep_full_strength else full)
+        denoised = strength_blend(volume, full, config.strength,
+                                  out=np.empty_like(full) if keep_full_strength else full)
     info = build_provenance(parameters=config, bundle=bundle, device=describe_device(device),
                             elapsed_s=time.perf_counter() - start, run=run_info, threads=torch.get_num_threads())
     return DenoiseResult(denoised, full if keep_full_strength else None, info, volume_hu)

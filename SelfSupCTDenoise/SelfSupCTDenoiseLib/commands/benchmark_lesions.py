@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/lesions"), help="JSON and figures [%(default)s]")
     parser.add_argument("--report", type=Path, default=Path("docs/BENCHMARK.md"),
                         help="markdown report whose lesion section is written [%(default)s]")
-    parser.add_argument("--json-only", type=Path, help="write only the raw results here (and the crops; for --merge)")
+    parser.add_argument("--json-only", type=Path, help="write only the raw results here (for --merge)")
     parser.add_argument("--merge", type=Path, nargs="+", help="write the report from raw results of parallel runs")
 
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bundle import default_bundle_dir, load_bundle
     from ..errors import InputError
-    from ..lesion_benchmark import merge_lesion_results, run_lesion_benchmark, write_crops, write_lesion_report
+    from ..lesion_benchmark import merge_lesion_results, run_lesion_benchmark, write_lesion_report
 
     name = "benchmark-lesions"
     command = (f"selfsupctdenoise {name} " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index(name) + 1:])
@@ -54,11 +54,9 @@ def run(args: argparse.Namespace) -> int:
                                    repeats=args.repeats, seed=args.seed, reference=args.reference,
                                    subjects=args.subjects)
     results["meta"]["command"] = command
-    for path in write_crops(results, args.out):
-        print(f"wrote {path}")
     if args.json_only:
         args.json_only.parent.mkdir(parents=True, exist_ok=True)
-        args.json_only.write_text(json.dumps({k: v for k, v in results.items() if not k.startswith("_")}))
+        args.json_only.write_text(json.dumps(results), encoding="utf-8")
         print(f"wrote {args.json_only}")
         return 0
     for path in write_lesion_report(results, args.out, args.report):
