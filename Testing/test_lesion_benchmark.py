@@ -104,7 +104,8 @@ def test_report_section_is_replaced_in_place_and_kept_by_the_benchmark_report(re
     rewritten = report.read_text(encoding="utf-8")
     assert "older text" not in rewritten and rewritten.count("| d25_hann | LDCT |") == text.count("| d25_hann | LDCT |")
     replace_marked_section(report, SECTION, "## replaced")
-    assert "## replaced" in report.read_text(encoding="utf-8") and "| d25_hann | LDCT |" not in report.read_text(encoding="utf-8")
+    replaced = report.read_text(encoding="utf-8")
+    assert "## replaced" in replaced and "| d25_hann | LDCT |" not in replaced
 
 
 def test_cli_refuses_bad_counts_without_running(capsys):

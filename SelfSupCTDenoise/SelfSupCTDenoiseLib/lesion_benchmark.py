@@ -120,9 +120,8 @@ def build_lesion_volume(reference: np.ndarray, spacing_xyz: Sequence[float], sub
             present += [has] * repeats
             layout_of += [index] * repeats
     truth = np.stack(truth)
-    ldct = simulate_low_dose(truth, spacing_xyz, spec.dose, spec.filter, seed=int(make_rng(seed, subject, tag,
-                                                                                             "lesion-noise").integers(2**31)),
-                             i0_full=i0_full, sigma_e=sigma_e)
+    noise_seed = int(make_rng(seed, subject, tag, "lesion-noise").integers(2**31))
+    ldct = simulate_low_dose(truth, spacing_xyz, spec.dose, spec.filter, seed=noise_seed, i0_full=i0_full, sigma_e=sigma_e)
     # crop to the ROIs plus context: the simulation needed the whole slice, the denoisers do not
     y0 = x0 = 10 ** 9
     y1 = x1 = 0
@@ -236,7 +235,8 @@ def summarise(records: List[Dict[str, Any]], n_bootstrap: int = N_BOOTSTRAP, see
     return {"dprime": observer["dprime"], "dprime_se": observer.get("dprime_se"), "dprime_ci95": observer.get("dprime_ci95"),
             "auc": observer["auc"], "n_present": observer["n_present"], "n_absent": observer["n_absent"],
             "n_positions": observer["n_groups"],
-            "contrast_retained": float(retained.mean()), "contrast_retained_se": float(retained.std(ddof=1) / math.sqrt(len(retained))),
+            "contrast_retained": float(retained.mean()),
+            "contrast_retained_se": float(retained.std(ddof=1) / math.sqrt(len(retained))),
             "contrast_retained_by_sign": {("+" if s > 0 else "-"): v for s, v in by_sign.items()},
             "noise_sd_hu": noise_sd, "cnr": contrast / noise_sd if noise_sd > 0 else float("nan")}
 
@@ -354,10 +354,16 @@ def paired_comparisons(records: List[Dict[str, Any]], comparisons: Sequence[Tupl
                     ratios = sum(boot[c][a] for c in mine) / sum(boot[c][b] for c in mine)
                     value = np.float64(sum(point[c][a] for c in mine)) / sum(point[c][b] for c in mine)
                 ratios = ratios[np.isfinite(ratios)]
-                out.append({"tag": tag, "numerator": a, "denominator": b, "diameter_mm": size,
+                out.append({"tag": tag, "numerator": a, "denominator": b, "diameter_mm": size, "contrast_hu": None,
                             "ratio": float(value) if np.isfinite(value) else None,
                             "ci95": [float(np.percentile(ratios, q)) for q in (2.5, 97.5)] if ratios.size else None,
                             "p_ratio_above_1": float((ratios > 1).mean()) if ratios.size else None})
+            for cell in sorted(c for c in cells if c[0] == tag):  # per cell: the difference (d' near 0 makes ratios wild)
+                difference = boot[cell][a] - boot[cell][b]
+                difference = difference[np.isfinite(difference)]
+                out.append({"tag": tag, "numerator": a, "denominator": b, "diameter_mm": cell[1], "contrast_hu": cell[2],
+                            "difference": float(point[cell][a] - point[cell][b]),
+                            "ci95": [float(np.percentile(difference, q)) for q in (2.5, 97.5)] if difference.size else None})
     return out
 
 
@@ -420,10 +426,11 @@ def write_dprime_plot(results: Dict[str, Any], png: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     meta, rows = results["meta"], results["rows"]
     tags, contrasts, sizes = meta["tags"], meta["contrasts_hu"], meta["sizes_mm"]
-    fig, axes = plt.subplots(len(tags), len(contrasts), figsize=(4.2 * len(contrasts), 3.4 * len(tags)),
+    fig, axes = plt.subplots(len(tags), len(contrasts), figsize=(4.2 * len(contrasts), 3.4 * len(tags) + 0.7),
                              squeeze=False, sharex=True)
     names = _method_order(results)
     for i, tag in enumerate(tags):
@@ -441,14 +448,16 @@ def write_dprime_plot(results: Dict[str, Any], png: Path) -> Path:
             ax.set_xscale("log")
             ax.set_xticks(sizes)
             ax.set_xticklabels([f"{s:g}" for s in sizes])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(f"{tag}, |contrast| {contrast:g} HU", fontsize=9)
             ax.grid(alpha=0.3)
             if i == len(tags) - 1:
                 ax.set_xlabel("lesion diameter (mm)")
             if j == 0:
                 ax.set_ylabel("CHO d'")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))  # room for the legend below the panels
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -556,13 +565,17 @@ def report_section(results: Dict[str, Any], link_dir: str = "lesions") -> str:
         f"{meta['date']}, device {meta['device']} (per part: "
         + ", ".join(f"{w / 60:.0f} min wall / {c / 60:.0f} min CPU" if c is not None else f"{w / 60:.0f} min wall"
                     for w, c in zip(parts, cpu)) + ", niced on a busy 2-core machine); "
+        f"bundle `{os.path.relpath(meta['bundle']['path'])}` (manifest sha256 {meta['bundle']['sha256'][:12]}), "
         f"{meta['steps']} adaptation steps"
         + (f"; parts merged with `{meta['merge_command']}`" if meta.get("merge_command") else "")
         + f". Raw numbers: `{link_dir}/lesions.json`.", "",
         f"Discs of {', '.join(f'{s:g}' for s in sizes)} mm at ±{', ±'.join(f'{c:g}' for c in contrasts)} HU were "
-        f"inserted (partial volume) into the {'denoised normal-dose (`clean`)' if meta['reference'] == 'clean' else 'normal-dose'} "
-        f"slices of the held-out subjects ({', '.join(meta['subjects'])}) at known positions in flat soft tissue "
-        "(`lesions.py`), every size and signed contrast once per layout; "
+        "inserted (partial volume) into the "
+        f"{'denoised normal-dose (`clean`)' if meta['reference'] == 'clean' else 'normal-dose'} "
+        f"slices of the held-out subjects ({', '.join(meta['subjects'])}) at known positions in the flatter soft "
+        "tissue (local mean −30…150 HU, fat left out; the steepest quarter of gradient left out, so a disc may sit "
+        "near an organ border or vessel) with no other disc in its ROI (`lesions.py`), every size and signed "
+        "contrast once per layout; "
         f"{meta['layouts']} layouts per subject, each slice {meta['repeats']} times with and {meta['repeats']} times "
         "without its discs, every copy with its own projection-domain low-dose noise (`lowdose.py`, the subject's "
         "dose calibration) — so the lesion-free copies are the observer's negative class at the same positions. "
@@ -608,17 +621,22 @@ def report_section(results: Dict[str, Any], link_dir: str = "lesions") -> str:
     if results.get("comparisons"):
         lines += ["", "### Paired comparisons: Σ d′ over the contrasts of one row over another's [95 % CI]", "",
                   "Same positions and noise draws for both rows; the interval resamples positions for both at once "
-                  "(bootstrap), P = fraction of resamples with a ratio above 1.", "",
-                  "| dose | rows | " + " | ".join(f"{s:g} mm" for s in sizes) + " | all cells |",
-                  "|---|---|" + "---|" * (len(sizes) + 1)]
+                  "(bootstrap), P = fraction of resamples with a ratio above 1. Last column: size × contrast cells "
+                  "where the 95 % interval of the d′ difference lies above / below 0 (per cell in the JSON).", "",
+                  "| dose | rows | " + " | ".join(f"{s:g} mm" for s in sizes) + " | all cells | cells higher / lower |",
+                  "|---|---|" + "---|" * (len(sizes) + 2)]
         pairs = list(dict.fromkeys((c["tag"], c["numerator"], c["denominator"]) for c in results["comparisons"]))
         for tag, a, b in pairs:
-            mine = {c["diameter_mm"]: c for c in results["comparisons"]
-                    if (c["tag"], c["numerator"], c["denominator"]) == (tag, a, b)}
+            same = [c for c in results["comparisons"] if (c["tag"], c["numerator"], c["denominator"]) == (tag, a, b)]
+            mine = {c["diameter_mm"]: c for c in same if c.get("contrast_hu") is None}
+            per_cell = [c for c in same if c.get("contrast_hu") is not None and c["ci95"]]
+            higher = sum(c["ci95"][0] > 0 for c in per_cell)
+            lower = sum(c["ci95"][1] < 0 for c in per_cell)
             lines.append(f"| {tag} | {_short(a)} / {_short(b)} | " + " | ".join(
-                f"{mine[s]['ratio']:.2f} [{mine[s]['ci95'][0]:.2f}, {mine[s]['ci95'][1]:.2f}], P {mine[s]['p_ratio_above_1']:.2f}"
+                f"{mine[s]['ratio']:.2f} [{mine[s]['ci95'][0]:.2f}, {mine[s]['ci95'][1]:.2f}], "
+                f"P {mine[s]['p_ratio_above_1']:.2f}"
                 if s in mine and mine[s]["ratio"] is not None and mine[s]["ci95"] else "-"
-                for s in list(sizes) + [None]) + " |")
+                for s in list(sizes) + [None]) + f" | {higher} / {lower} of {len(per_cell)} |")
     lines += ["", f"![d' vs lesion size]({link_dir}/dprime_vs_size.png)", ""]
     crops = [f"[{t}]({link_dir}/crops_{t}.png)" for t in meta["tags"]]
     lines += [f"Full-resolution crops of one +10 HU lesion per size, every method: {', '.join(crops)}.", ""]
