@@ -329,6 +329,18 @@ def test_time_estimate_grows_with_work_and_uses_local_measurements():
     assert settings.formatDuration(59) == "59 s" and settings.formatDuration(125) == "2 min 05 s"
 
 
+def test_built_in_time_estimate_matches_the_speed_benchmark_within_30_percent():
+    """The panel's first estimate (no local measurement yet) against the whole runs that
+    benchmarks/speed.py measured and wrote into docs/SPEED.md (lite, default settings, 512x512xN)."""
+    report = (Path(__file__).resolve().parents[1] / "docs" / "SPEED.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+) \|(?: [\d.]+ \|){9} ([\d.]+) \|", report, flags=re.MULTILINE)
+    assert len(rows) >= 3, "docs/SPEED.md has no whole-run table"
+    config = {"steps": 200, "batch_size": 16, "patch_size": 64, "pseudo_noise": "fitted", "guard": True}
+    for slices, measured in rows:
+        estimate = settings.estimateTime((int(slices), 512, 512), config, "lite", False).seconds
+        assert abs(estimate / float(measured) - 1) <= 0.30, (slices, estimate, measured)
+
+
 def test_progress_tracker_maps_phases_and_measures_them():
     now = [0.0]
     tracker = ProgressTracker(numSlices=10, steps=4, clock=lambda: now[0])

@@ -171,16 +171,17 @@ def configFromMapping(values: Dict[str, Any]) -> Dict[str, Any]:
 
 
 #: Seconds per unit of work on 2 CPU cores (torch 2.13): one adaptation step of 16 patches of 64x64
-#: (teacher refresh included), one 512x512 slice through the denoiser, one 512x512 slice through one
-#: noise model, and start-up (interpreter, torch, bundle, files). The lite CPU row was measured through
-#: this module's own code path on the shipped sample (32 x 167 x 233, 200 steps: 51.6 s click to
-#: result); the noise-model cost comes from the project's notes (only the model-based pseudo-noise
-#: kinds use it). The paper CPU row is the lite row times the paper/lite ratio measured side by side
-#: (x3.8 per step, x7.9 per slice). CUDA rows are rough guesses until measured on a GPU. Runs on the
+#: (teacher refresh and pseudo-noise included), one 512x512 slice through the denoiser (its share of
+#: writing included), one 512x512 slice through one noise model, and start-up (interpreter, torch,
+#: bundle, files, noise estimate). The lite CPU row is docs/SPEED.md's whole runs on 512x512x{16,100,300}
+#: (`benchmarks/speed.py`, 2026-12-01, load below 2): 45, 68 and 129 s, which this table gives within
+#: 11%; the noise-model cost is part 2 of that report (only the model-based pseudo-noise kinds use
+#: it). The paper CPU row is the lite row times the paper/lite ratio measured side by side there
+#: (x7.0 per step, x7.8 per slice). CUDA rows are rough guesses until measured on a GPU. Runs on the
 #: user's computer replace all of them (`estimateTime`'s `costs`).
 DEFAULT_COSTS = {
-    ("lite", "cpu"): {"stepS": 0.23, "sliceS": 0.36, "noiseSliceS": 0.14, "startupS": 3.5, "measured": True},
-    ("paper", "cpu"): {"stepS": 0.87, "sliceS": 2.8, "noiseSliceS": 0.5, "startupS": 3.5, "measured": False},
+    ("lite", "cpu"): {"stepS": 0.205, "sliceS": 0.27, "noiseSliceS": 0.08, "startupS": 3.0, "measured": True},
+    ("paper", "cpu"): {"stepS": 1.44, "sliceS": 2.1, "noiseSliceS": 0.3, "startupS": 3.0, "measured": False},
     ("tiny", "cpu"): {"stepS": 0.01, "sliceS": 0.02, "noiseSliceS": 0.01, "startupS": 3.0, "measured": False},
     ("lite", "cuda"): {"stepS": 0.02, "sliceS": 0.01, "noiseSliceS": 0.005, "startupS": 8.0, "measured": False},
     ("paper", "cuda"): {"stepS": 0.04, "sliceS": 0.03, "noiseSliceS": 0.01, "startupS": 8.0, "measured": False},
