@@ -20,6 +20,7 @@ process hold better. `--package DIR` measures another copy of the engine (e.g. a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -70,8 +71,11 @@ def run_child(volume_path: Path, slices: int, bundle: str, repeats: int) -> Dict
     stack: List[str] = []
 
     def timed(owner, name, phase_of):
-        """Wrap owner.name: its time (less that of wrapped calls inside it) goes to phase_of(args)."""
-        original = getattr(owner, name)
+        """Wrap owner.name: its time (less that of wrapped calls inside it) goes to phase_of(args).
+        Names an older engine (`--package`) lacks are skipped: their time stays in the caller's phase."""
+        original = getattr(owner, name, None)
+        if original is None:
+            return
 
         def wrapper(*args, **kwargs):
             phase = phase_of(*args, **kwargs)
@@ -109,7 +113,9 @@ def run_child(volume_path: Path, slices: int, bundle: str, repeats: int) -> Dict
     network = {"adaptation": 0.0, "slice_forwards": 0.0, "slices": 0}
 
     def network_time(owner, name, record):
-        original = getattr(owner, name)
+        original = getattr(owner, name, None)
+        if original is None:  # an older engine: its optimizer step is inside the adaptation's time
+            return
 
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
@@ -158,7 +164,7 @@ def run_child(volume_path: Path, slices: int, bundle: str, repeats: int) -> Dict
             "floor_step_s": round(step_s, 4), "floor_slice_s": round(slice_s, 4),
             "floor_units_before_after": floor_units, "peak_rss_bytes": peak_rss,
             "volume_float32_bytes": slices * 512 * 512 * 4, "load_before": round(load, 1),
-            "load_after": round(load_after, 1), "threads": info["threads"],
+            "load_after": round(load_after, 1), "threads": info.get("threads", torch_threads_now()),
             "guard_fell_back": (info["run"].get("guard") or {}).get("fell_back")}
 
 
@@ -174,8 +180,9 @@ def network_floor(bundle: str, repeats: int):
 
     config = AdaptConfig()
     loaded = load_bundle(bundle or None)
-    layout = getattr(inference, "cpu_layout", lambda m: m)
-    with inference.torch_threads(config.threads):
+    layout = getattr(inference, "cpu_layout", lambda m: m)  # older engines: the default layout
+    threads = getattr(inference, "torch_threads", lambda requested: contextlib.nullcontext())
+    with threads(getattr(config, "threads", 0)):
         net = loaded.build_denoiser(torch.device("cpu"))
         teacher = loaded.build_denoiser(torch.device("cpu")).eval().requires_grad_(False)
         inferring = layout(teacher)
@@ -200,6 +207,12 @@ def network_floor(bundle: str, repeats: int):
             optimizer.step()
 
         return timed_median(forward, repeats), timed_median(step, 4 * repeats)
+
+
+def torch_threads_now() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def timed_median(fn, repeats: int) -> float:

@@ -42,7 +42,7 @@ class Method:
     steps_curve: bool = False                 # record PSNR at every teacher update
 
 
-def _anisotropic_diffusion(volume, context):
+def anisotropic_diffusion(volume, context):
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(volume.astype(np.float32))
@@ -67,7 +67,7 @@ def _patch_based(volume, context):
     return out
 
 
-def _bm3d_psd(volume, context):
+def bm3d_with_psd(volume, context):
     """BM3D for correlated noise, given the noise PSD: the input's estimated noise level and texture
     (reference-free, the same estimate the adaptation's pseudo-noise follows)."""
     import bm3d
@@ -115,13 +115,15 @@ def methods() -> List[Method]:
         Method("N2C + Model+Hist", config={"pseudo_noise": "model+hist", "noise_level": "bundle", **raw}),
         Method("N2C + oracle (true independent noise)", config={**raw}, oracle=True, quick=True, scope="both"),
         Method("N2C + supervised ceiling (fine-tuned on the reference)", config={}, ceiling=True, scope="clean"),
+        Method("Paper-size N2C (pretrained)", bundle="paper", config={"steps": 0}, scope="both"),
+        Method("Paper-size N2C + Ours (default settings, guarded)", bundle="paper", config={}, scope="both"),
         Method("N2N (pretrained)", bundle="n2n", config={"steps": 0}),
         Method("N2N + Ours", bundle="n2n", config={}),
         Method("N2V (pretrained)", bundle="n2v", config={"steps": 0}),
         Method("N2V + Ours", bundle="n2v", config={}),
-        Method("Curvature anisotropic diffusion (SimpleITK)", filter=_anisotropic_diffusion, quick=True, scope="both"),
+        Method("Curvature anisotropic diffusion (SimpleITK)", filter=anisotropic_diffusion, quick=True, scope="both"),
         Method("Patch-based denoising (SimpleITK)", filter=_patch_based),
-        Method("BM3D with the noise PSD", filter=_bm3d_psd, quick=True, scope="both"),
+        Method("BM3D with the noise PSD", filter=bm3d_with_psd, quick=True, scope="both"),
     ]
 
 
@@ -395,8 +397,10 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
         "HU shift: mean-HU change against the reference over uniform soft tissue of the reference. Method noise: "
         "structure in the removed part (see README; > 0.3 = removes detail). Tags: d25 = quarter dose (the "
         "training dose), d12/d50 = unseen doses, ramlak = another reconstruction filter. Protocol `ndct`: "
-        "reference = the real NDCT (noisy itself); `clean`: reference = a BM3D-denoised NDCT with the low dose "
-        "simulated from it.", "",
+        "reference = the real NDCT (noisy itself); `clean`: reference = the NDCT denoised by methods that are "
+        "not rows here (mean of 3D non-local means and 3D total variation, clean_reference.py) with the low "
+        "dose simulated from it. PSNR edges: PSNR soft over the reference's strongest edges only (per slice "
+        "the top tenth of the body's gradient): smoothing cannot win it.", "",
         "Bundles: " + "; ".join(f"{k.upper()} `{os.path.relpath(b['path'])}` ({b['profile']}, manifest sha256 {b['sha256'][:12]})"
                                  for k, b in meta["bundles"].items()) + ".", ""]
     if meta.get("seconds_per_part"):
@@ -409,9 +413,9 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
             if not subset:
                 continue
             lines += [f"## Protocol `{protocol}`, {tag}", "",
-                      "| method | PSNR soft | SSIM soft | PSNR full | SSIM full | HU shift | method noise | s/volume | "
-                      + " | ".join(f"{s} PSNR soft" for s in meta["subjects"]) + " |",
-                      "|---|---|---|---|---|---|---|---|" + "---|" * len(meta["subjects"])]
+                      "| method | PSNR soft | PSNR edges | SSIM soft | PSNR full | SSIM full | HU shift | method noise | "
+                      "s/volume | " + " | ".join(f"{s} PSNR soft" for s in meta["subjects"]) + " |",
+                      "|---|---|---|---|---|---|---|---|---|" + "---|" * len(meta["subjects"])]
             for name in names:
                 mine = [r for r in subset if r["method"] == name]
                 if not mine:
@@ -419,6 +423,7 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
                 per_subject = {r["subject"]: r["psnr_soft"] for r in mine}
                 lines.append(
                     f"| {name} | {_mean_std([r['psnr_soft'] for r in mine])} | "
+                    f"{_mean_std([r.get('psnr_edges') for r in mine])} | "
                     f"{np.mean([r['ssim_soft'] for r in mine]):.4f} | {_mean_std([r['psnr_full'] for r in mine])} | "
                     f"{np.mean([r['ssim_full'] for r in mine]):.4f} | {_mean_std([r['hu_shift'] for r in mine])} | "
                     f"{np.mean([r['method_noise'] for r in mine]):+.2f} | {np.mean([r['seconds'] for r in mine]):.1f} | "
@@ -546,9 +551,11 @@ def replace_marked_section(path: Path, name: str, body: str) -> None:
 def _gains(rows: List[Dict[str, Any]]) -> Dict[Any, Dict[str, float]]:
     gains: Dict[Any, Dict[str, float]] = {}
     for r in rows:
-        if not r["method"].startswith("N2C +") or "strength" in r["method"]:
+        if " + " not in r["method"] or "strength" in r["method"]:
             continue
-        base = next((b for b in rows if b["method"] == "N2C (pretrained)" and b["subject"] == r["subject"]
+        # against the same bundle's pretrained row ("N2C + ..." -> "N2C (pretrained)")
+        pretrained = r["method"].split(" + ")[0] + " (pretrained)"
+        base = next((b for b in rows if b["method"] == pretrained and b["subject"] == r["subject"]
                      and b["tag"] == r["tag"] and b["protocol"] == r["protocol"]), None)
         if base is not None:
             gains.setdefault((r["protocol"], r["tag"], r["method"]), {})[r["subject"]] = r["psnr_soft"] - base["psnr_soft"]

@@ -12,20 +12,27 @@ SOFT_TISSUE = (-160.0, 240.0)  # window [low, high] in HU: W 400 / L 40
 
 def side_by_side(panels: Sequence[Tuple[str, np.ndarray, str]], path: Path, title: str = "",
                  window: Tuple[float, float] = SOFT_TISSUE, noise_range: float = 100.0,
-                 caption: Optional[str] = None) -> Path:
-    """One row of 2D images; kind "ct" uses the CT window, "noise" a diverging map centred on 0 HU."""
+                 caption: Optional[str] = None, panel_inches: float = 3.2, columns: int = 0) -> Path:
+    """2D images in rows of `columns` (0: one row); kind "ct" uses the CT window, "noise" a diverging
+    map centred on 0 HU. Pixels are drawn as squares (no smoothing), so texture can be judged when
+    panels are large."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for ax, (label, image, kind) in zip(axes[0], panels):
+    columns = columns or len(panels)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_inches * columns, (panel_inches + 0.3) * rows + 0.1),
+                             squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, (label, image, kind) in zip(axes.ravel(), panels):
         if kind == "noise":
-            shown = ax.imshow(image, cmap="RdBu_r", vmin=-noise_range, vmax=noise_range)
+            shown = ax.imshow(image, cmap="RdBu_r", vmin=-noise_range, vmax=noise_range, interpolation="nearest")
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="HU")
         else:
-            ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1])
+            ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     if title:

@@ -13,6 +13,7 @@ HELP = "run the benchmark on a `simulate` dataset and write docs/BENCHMARK.md, J
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, default=Path("data/sim"))
     parser.add_argument("--bundle", type=Path, help="N2C bundle [shipped lite]")
+    parser.add_argument("--bundle-paper", type=Path, help="paper-size N2C bundle (rows Paper-size N2C ...)")
     parser.add_argument("--bundle-n2n", type=Path, help="N2N bundle (rows N2N, N2N + Ours)")
     parser.add_argument("--bundle-n2v", type=Path, help="N2V bundle (rows N2V, N2V + Ours)")
     parser.add_argument("--quick", action="store_true", help="fewer rows, doses and steps (CPU)")
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {write_report(results, args.out, command)}")
         return 0
     bundles = {"n2c": load_bundle(args.bundle or default_bundle_dir("lite"))}
+    if args.bundle_paper:
+        bundles["paper"] = load_bundle(args.bundle_paper)
     if args.bundle_n2n:
         bundles["n2n"] = load_bundle(args.bundle_n2n)
     if args.bundle_n2v:
