@@ -40,7 +40,7 @@ def volume_spec(volume, run_id: str, bundle: Optional[Path], bundle_sha256: Opti
 def _bundle_on_this_worker(spec: Dict[str, Any], device_type: str) -> Path:
     """The bundle to use here; the default one is resolved on the worker (installed with the package),
     and must be the one the driver checked the resume rule against."""
-    from ..bundle import MANIFEST, default_bundle_for_device, sha256_file
+    from ..engine.bundle import MANIFEST, default_bundle_for_device, sha256_file
 
     bundle = Path(spec["bundle"]) if spec["bundle"] else default_bundle_for_device(device_type)
     expected = spec["bundle_sha256"]
@@ -52,12 +52,12 @@ def _bundle_on_this_worker(spec: Dict[str, Any], device_type: str) -> Path:
 
 
 def _denoise_staged(spec: Dict[str, Any], report: Report) -> Dict[str, Any]:
-    from ..config import AdaptConfig
-    from ..inference import resolve_device
-    from ..io import check_output_path
-    from ..pipeline import denoise_file
-    from ..progress import ProgressEvent
-    from ..provenance import sidecar_path
+    from ..engine.config import AdaptConfig
+    from ..engine.inference import resolve_device
+    from ..engine.progress import ProgressEvent
+    from ..files.denoise_file import denoise_file
+    from ..files.provenance_io import sidecar_path
+    from ..files.volumes import check_output_path
 
     config = AdaptConfig.from_dict(spec["config"])
     source, target = Path(spec["source"]), Path(spec["target"])

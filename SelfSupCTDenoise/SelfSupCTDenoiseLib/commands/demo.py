@@ -18,18 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from ..bundle import default_bundle_for_device, load_bundle
-    from ..config import AdaptConfig
-    from ..console import TqdmProgress
-    from ..datasets import sample_paths
-    from ..figures import side_by_side
-    from ..inference import resolve_device
-    from ..io import image_like, read_volume, write_volume
-    from ..metrics import compare
-    from ..noise_level import describe_run_estimate
-    from ..pipeline import denoise_array
-    from ..provenance import set_image_fields, write_sidecar
-    from ..quality import cast_like_input
+    from ..bench.figures import side_by_side
+    from ..data.dataset import sample_paths
+    from ..engine.bundle import default_bundle_for_device, load_bundle
+    from ..engine.config import AdaptConfig
+    from ..engine.inference import resolve_device
+    from ..engine.noise_level import describe_run_estimate
+    from ..engine.run import denoise_array
+    from ..engine.strength import cast_like_input
+    from ..files.provenance_io import set_image_fields, write_sidecar
+    from ..files.volumes import image_like, read_volume, write_volume
+    from ..quality.metrics import compare
+    from .console import TqdmProgress
 
     paths = sample_paths()
     config = AdaptConfig(device=args.device, **({"steps": args.steps} if args.steps is not None else {}))
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"sample: {paths['ldct'].name} {image.GetSize()} voxels, spacing {image.GetSpacing()} mm; "
           f"bundle: {bundle.name} ({bundle.profile.name}); {config.steps} adaptation steps")
     progress = TqdmProgress()
-    pretrained = denoise_array(ldct, image.GetSpacing(), bundle, config.with_(steps=0))
-    result = denoise_array(ldct, image.GetSpacing(), bundle, config, progress)
+    pretrained = denoise_array(ldct, bundle, config.with_(steps=0))
+    result = denoise_array(ldct, bundle, config, progress)
     progress.close()
     args.out.mkdir(parents=True, exist_ok=True)
     outputs = {"denoised": args.out / "sample_denoised.nrrd", "noise map": args.out / "sample_noise_map.nrrd"}
