@@ -187,7 +187,7 @@ DEFAULT_COSTS = {
     ("paper", "cuda"): {"stepS": 0.04, "sliceS": 0.03, "noiseSliceS": 0.01, "startupS": 8.0, "measured": False},
     ("tiny", "cuda"): {"stepS": 0.01, "sliceS": 0.005, "noiseSliceS": 0.005, "startupS": 8.0, "measured": False},
 }
-#: Pseudo-noise kinds that run the noise models (as `SelfSupCTDenoiseLib.pseudo.MODEL_KINDS`, which
+#: Pseudo-noise kinds that run the noise models (as `SelfSupCTDenoiseLib.engine.pseudo.MODEL_KINDS`, which
 #: imports torch and so cannot be imported here).
 MODEL_NOISE_KINDS = ("paper", "scaled", "spectral", "model+hist")
 GUARD_SLICES = 6  # the engine's guard runs both models over this many slices; the adapted model's are reused

@@ -1,9 +1,9 @@
 """What a worker does for one volume of a cohort (plain Python: the scheduler runs it as a Ray task).
 
-The volume is denoised by `pipeline.denoise_file` into a private folder next to the outputs (where
+The volume is denoised by `files.denoise_file` into a private folder next to the outputs (where
 it is written, read back and verified), then the finished files are renamed into place, the sidecar
 last. Neither the private folder nor anything else a task puts in OUTDIR is named like the engine's
-temporaries (`io.TEMP_PREFIX`): every `denoise_file` call removes those it finds in its output folder
+temporaries (`files.volumes.TEMP_PREFIX`): every `denoise_file` call removes those it finds in its output folder
 (left by killed runs), which would take away the files of another task writing next to it. A killed
 task leaves its private folder behind, never a file under an output's name; the scheduler removes
 the private folders of its run when it ends.

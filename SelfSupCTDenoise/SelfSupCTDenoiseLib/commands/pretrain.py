@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _licence(key: str, entry: dict) -> str:
-    """The image licence of a dataset subject: the code's record (datasets.SUBJECTS) wins over a
+    """The image licence of a dataset subject: the code's record (data.sources.SUBJECTS) wins over a
     dataset manifest written before image licences were recorded apart from package licences."""
     from ..data.sources import SUBJECTS
 

@@ -90,7 +90,7 @@ def inserted_noise_stats(ldct: np.ndarray, ndct: np.ndarray) -> Dict[str, float]
 
 
 def uniform_boxes(volume_hu: np.ndarray, spacing_xyz: Sequence[float], n: int = 5) -> list:
-    """The `n` flattest 15 mm soft-tissue boxes of a volume (`quality.find_uniform_regions`)."""
+    """The `n` flattest 15 mm soft-tissue boxes of a volume (`quality.regions.find_uniform_regions`)."""
     from ..quality.regions import find_uniform_regions
 
     return find_uniform_regions(np.asarray(volume_hu, np.float32), spacing_xyz, n=n)

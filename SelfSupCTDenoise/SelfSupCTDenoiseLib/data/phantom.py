@@ -1,6 +1,6 @@
 """Synthetic CT-like phantoms with correlated noise, for tests, self-tests and examples.
 
-Not a substitute for real CT (see `datasets.py` for that): ellipses of body, fat, lungs, bone and
+Not a substitute for real CT (see `sources.py` and `dataset.py` for that): ellipses of body, fat, lungs, bone and
 small details, plus noise made by band-pass filtering white noise so that, like FBP noise, it is
 spatially correlated (lag-1 autocorrelation ~0.5) rather than white.
 """

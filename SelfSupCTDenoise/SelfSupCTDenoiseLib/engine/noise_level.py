@@ -150,5 +150,5 @@ def describe_estimate(std_hu: Optional[float], sharpness: Optional[float]) -> st
 
 
 def describe_run_estimate(run: Mapping[str, Any]) -> str:
-    """`describe_estimate` of the estimate a run recorded (pipeline.denoise_array's info["run"])."""
+    """`describe_estimate` of the estimate a run recorded (run.denoise_array's info["run"])."""
     return describe_estimate(run.get("estimated_noise_std_hu"), run.get("estimated_noise_sharpness"))

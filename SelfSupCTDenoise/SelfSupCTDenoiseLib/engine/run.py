@@ -44,7 +44,7 @@ class DenoiseResult:
         return np.subtract(self.input_hu, self.denoised, dtype=np.float32)
 
 
-#: The lowest HU the networks are given. They were trained on CT floored at -1024 HU (datasets.HU_FLOOR)
+#: The lowest HU the networks are given. They were trained on CT floored at -1024 HU (data.sources.HU_FLOOR)
 #: plus low-dose noise, whose tail in air reaches -1090 HU at the training dose and -1270 HU at the
 #: lowest simulated doses: darker values (resampled edges of the scan circle) are raised to this.
 #: Not -1024 itself: cutting the noise in air there shifts the output in air (+8 HU at 50 HU noise).
@@ -53,7 +53,7 @@ NETWORK_FLOOR_HU = -1200.0
 
 def model_view(volume_hu: np.ndarray):
     """(what the networks and every statistic see, padding mask or None): scanner padding
-    (io.padding_mask) becomes air, -1024 HU, and nothing lies below NETWORK_FLOOR_HU. A new array."""
+    (ct_array.padding_mask) becomes air, -1024 HU, and nothing lies below NETWORK_FLOOR_HU. A new array."""
     volume = np.asarray(volume_hu, dtype=np.float32)
     padding = padding_mask(volume)
     view = np.where(padding, np.float32(HU_AIR), np.maximum(volume, np.float32(NETWORK_FLOOR_HU)))

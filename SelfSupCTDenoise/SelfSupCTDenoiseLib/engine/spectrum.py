@@ -2,7 +2,7 @@
 
 Used to calibrate pseudo-noise against real noise band by band and to shape it. Frequencies are
 in cycles per pixel (spacing-free) because the networks work on pixels. The physical NPS in
-HU^2 mm^2 for reports is in `nps.py`.
+HU^2 mm^2 for reports is in `quality/nps.py`.
 
 torch is imported inside the functions: `noise_level` (and through it the Slicer panel, which must
 never load torch into Slicer's own process) needs only `DEFAULT_BAND_EDGES` from here.

@@ -30,7 +30,7 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
 
     The output set (output, noise map, sidecar `<output>.json`) appears complete or not at all: it
     is written under temporary names, verified, and renamed into place as the last step, sidecar
-    last (io.OutputSet); an error, a full disk or an interrupt leaves the previous files as they were.
+    last (volumes.OutputSet); an error, a full disk or an interrupt leaves the previous files as they were.
     With `dicom_out` (the input must be a DICOM series folder) the outputs are DICOM series folders:
     new series of the same study (see dicom_out.py); a non-empty output folder is refused unless
     `overwrite`. `output_dtype` (default: the input's) lets the Slicer worker hand back its strength-1

@@ -1,6 +1,6 @@
 """The numbers that say a denoised volume removed noise and nothing else, in one place, for the
 CLI (`evaluate`, `measure`), the benchmark and the Slicer panel: noise SD and mean per region before
-and after, the mean-HU shift in uniform regions and the method-noise score (see quality.py)."""
+and after, the mean-HU shift in uniform regions and the method-noise score (see regions.py, hu_shift.py and method_noise.py)."""
 
 from __future__ import annotations
 
