@@ -46,7 +46,7 @@ def batch_jobs(sources: List[Path], out: Path, names: Optional[List[Optional[str
 
 def dicom_names(jobs: List[Tuple[Path, Path]]) -> List[Tuple[Path, Path]]:
     """With --dicom-out a batch writes a folder per series instead of an NRRD file."""
-    return [(source, target.withvolume_suffix("")) for source, target in jobs]
+    return [(source, target.with_suffix("")) for source, target in jobs]
 
 
 def batch_noise_map(target: Path) -> Path:
