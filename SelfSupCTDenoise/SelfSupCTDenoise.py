@@ -1,6 +1,6 @@
 """SelfSupCTDenoise: self-supervised, per-volume denoising of low-dose CT in 3D Slicer.
 
-A thin module file: node-level work lives in `SelfSupCTDenoiseLogic` (testable without the Slicer
+A thin module file: node-level work lives in `SelfSupCTDenoiseSlicer` (testable without the Slicer
 application), the computation in the engine `SelfSupCTDenoiseLib`, which runs in a separate process.
 Neither torch nor the engine's computing modules are imported here.
 """
@@ -23,11 +23,11 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SelfSupCTDenoiseLib.config import AdaptConfig
-from SelfSupCTDenoiseLogic import dependencies, nodes, regions, settings
-from SelfSupCTDenoiseLogic import strength as reblend
-from SelfSupCTDenoiseLogic.job import DenoiseJob
-from SelfSupCTDenoiseLogic.runner import RunState, WorkerRunner
+from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+from SelfSupCTDenoiseSlicer import dependencies, nodes, regions, settings
+from SelfSupCTDenoiseSlicer import strength as reblend
+from SelfSupCTDenoiseSlicer.job import DenoiseJob
+from SelfSupCTDenoiseSlicer.runner import RunState, WorkerRunner
 
 DEFAULTS = AdaptConfig()
 PAPER = ("D. Won, E. Jung, S. An, P. Chikontwe, S. H. Park. Self-Supervised Learning based CT Denoising using "
@@ -439,7 +439,7 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
     def completedRunText(self, job: DenoiseJob) -> str:
         """The status line of a completed run: time, device, the input's estimated noise, and whether
         the guard kept the pretrained model. Runs in Slicer's process: nothing here imports torch."""
-        from SelfSupCTDenoiseLib.noise_level import describe_run_estimate
+        from SelfSupCTDenoiseLib.engine.noise_level import describe_run_estimate
 
         info = job.result.info
         run = info.get("run") or {}

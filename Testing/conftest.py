@@ -16,8 +16,8 @@ TRAIN_SIGMA = 30.0
 
 
 def synthetic_subjects(n: int = 3, slices: int = 6, size: int = 64, sigma: float = TRAIN_SIGMA):
-    from SelfSupCTDenoiseLib.phantom import noisy_pair
-    from SelfSupCTDenoiseLib.train import Subject
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.engine.train import Subject
 
     subjects = []
     for i in range(n):
@@ -29,7 +29,7 @@ def synthetic_subjects(n: int = 3, slices: int = 6, size: int = 64, sigma: float
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """A 'tiny'-profile bundle made by the real pre-training code (~5 s on 2 cores)."""
-    from SelfSupCTDenoiseLib.train import PretrainConfig, pretrain
+    from SelfSupCTDenoiseLib.engine.train import PretrainConfig, pretrain
 
     # lr 1e-3: the tiny 3x3 network trains in 300 steps at this rate (the lite one needs 1e-4)
     config = PretrainConfig(profile="tiny", denoiser_steps=300, noise_model_steps=150, batch_size=8,
@@ -42,7 +42,7 @@ def ct_image():
     """A small synthetic CT volume as a SimpleITK image with non-trivial geometry."""
     import SimpleITK as sitk
 
-    from SelfSupCTDenoiseLib.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
 
     ldct, _ = noisy_pair(5, 48, 30.0, seed=7)
     image = sitk.GetImageFromArray(np.round(ldct).astype(np.int16))

@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from SelfSupCTDenoiseLib.adapt import PatchSampler, adapt
-from SelfSupCTDenoiseLib.config import AdaptConfig
-from SelfSupCTDenoiseLib.noise_level import estimate_noise
-from SelfSupCTDenoiseLib.pseudo import PseudoNoiseSource
-from SelfSupCTDenoiseLib.spectrum import band_power, shape_noise
+from SelfSupCTDenoiseLib.engine.adapt import PatchSampler, adapt
+from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+from SelfSupCTDenoiseLib.engine.noise_level import estimate_noise
+from SelfSupCTDenoiseLib.engine.pseudo import PseudoNoiseSource
+from SelfSupCTDenoiseLib.engine.spectrum import patch_band_power, shape_noise
 
 
 def make_setup(bundle, config, seed=0):
-    from SelfSupCTDenoiseLib.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
 
     ldct, _ = noisy_pair(4, 64, 30.0, seed=5)
     norm = bundle.normalization
@@ -66,7 +66,7 @@ def test_targets_come_from_the_frozen_teacher_not_the_student(tiny_bundle):
 
 
 def test_mixed_precision_is_bfloat16_where_supported_else_float16_with_a_grad_scaler():
-    from SelfSupCTDenoiseLib.inference import mixed_precision_dtype
+    from SelfSupCTDenoiseLib.engine.inference import mixed_precision_dtype
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert mixed_precision_dtype(cuda, True, bf16_supported=True) is torch.bfloat16
@@ -98,7 +98,7 @@ def test_adaptation_under_cpu_autocast_learns_and_stays_finite(tiny_bundle, dtyp
 
 def test_grad_scaler_step_equals_a_plain_step():
     # float16 needs a GradScaler; the scaled, unscaled step must be the plain float32 step.
-    from SelfSupCTDenoiseLib.adapt import optimizer_step
+    from SelfSupCTDenoiseLib.engine.adapt import optimizer_step
 
     def one_step(scaler):
         torch.manual_seed(0)
@@ -170,8 +170,8 @@ def test_spectral_pseudo_noise_has_the_real_noise_spectrum_shape(tiny_bundle):
         return power / power.sum()
 
     real = shape(cal["band_power_real"])
-    spectral = shape(band_power(source.draw(noise, x.shape, x.device)))
-    paper = shape(band_power(source.ensemble(noise)))
+    spectral = shape(patch_band_power(source.draw(noise, x.shape, x.device)))
+    paper = shape(patch_band_power(source.ensemble(noise)))
     assert torch.all((spectral / real > 0.75) & (spectral / real < 1.33)), spectral / real
     assert (spectral / real - 1).abs().max() < 0.5 * (paper / real - 1).abs().max()
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SelfSupCTDenoiseLib.benchmark import merge_results, run_benchmark, write_report
-from SelfSupCTDenoiseLib.phantom import clean_phantom, correlated_noise
+from SelfSupCTDenoiseLib.bench.benchmark import merge_results, run_benchmark, write_report
+from SelfSupCTDenoiseLib.data.phantom import clean_phantom, correlated_noise
 
 ROWS = ["LDCT", "N2C (pretrained)", "shipped default", "oracle"]
 

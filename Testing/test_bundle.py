@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from SelfSupCTDenoiseLib.bundle import load_bundle
+from SelfSupCTDenoiseLib.engine.bundle import load_bundle
 from SelfSupCTDenoiseLib.errors import BundleError
 
 
@@ -66,9 +66,9 @@ def test_weights_of_another_profile_are_refused(tiny_bundle, tmp_path):
 
 def test_pretraining_resumes_from_checkpoints(tmp_path):
     from conftest import synthetic_subjects
+    from SelfSupCTDenoiseLib.engine.progress import CancelToken
+    from SelfSupCTDenoiseLib.engine.train import PretrainConfig, pretrain
     from SelfSupCTDenoiseLib.errors import Cancelled
-    from SelfSupCTDenoiseLib.progress import CancelToken
-    from SelfSupCTDenoiseLib.train import PretrainConfig, pretrain
 
     config = PretrainConfig(profile="tiny", denoiser_steps=40, noise_model_steps=10, batch_size=4,
                             patch_size=32, checkpoint_every=10, calibration_patches=16)
@@ -93,8 +93,8 @@ def test_pretraining_resumes_from_checkpoints(tmp_path):
 def test_shipped_bundles_are_trained_only_on_redistributable_ct():
     """Weights derived from CT ship with an Apache-2.0 extension only where the CT's licence allows
     it: every training subject of every shipped bundle names its licence, and none is NC/ND."""
-    from SelfSupCTDenoiseLib.bundle import models_dir
-    from SelfSupCTDenoiseLib.train import redistributable
+    from SelfSupCTDenoiseLib.engine.bundle import models_dir
+    from SelfSupCTDenoiseLib.engine.train import redistributable
 
     manifests = sorted(models_dir().glob("*/manifest.json"))
     assert manifests
@@ -106,7 +106,7 @@ def test_shipped_bundles_are_trained_only_on_redistributable_ct():
 
 
 def test_licence_rule_refuses_non_commercial_and_unknown():
-    from SelfSupCTDenoiseLib.train import redistributable
+    from SelfSupCTDenoiseLib.engine.train import redistributable
 
     assert redistributable("Apache-2.0") and redistributable("CC BY 3.0") and redistributable("BSD-3-Clause")
     assert not redistributable("CC BY-NC-SA 4.0 (CQ500; file in MIT-licensed pydicom-data)")

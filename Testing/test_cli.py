@@ -10,9 +10,9 @@ import SimpleITK as sitk
 
 from conftest import ROOT
 from SelfSupCTDenoiseLib.cli import main
-from SelfSupCTDenoiseLib.noise_level import soft_tissue_std
-from SelfSupCTDenoiseLib.phantom import noisy_pair
-from SelfSupCTDenoiseLib.provenance import read_sidecar
+from SelfSupCTDenoiseLib.data.phantom import noisy_pair
+from SelfSupCTDenoiseLib.engine.noise_level import soft_tissue_std
+from SelfSupCTDenoiseLib.files.provenance_io import read_sidecar
 
 FAST = ["--steps", "10", "--period", "5", "--batch-size", "4", "--patch-size", "32", "--quiet"]
 

@@ -20,10 +20,10 @@ import pytest
 import SimpleITK as sitk
 
 from SelfSupCTDenoiseLib.cli import main
-from SelfSupCTDenoiseLib.config import AdaptConfig
+from SelfSupCTDenoiseLib.data.phantom import noisy_pair
+from SelfSupCTDenoiseLib.engine.config import AdaptConfig
 from SelfSupCTDenoiseLib.errors import InputError
-from SelfSupCTDenoiseLib.phantom import noisy_pair
-from SelfSupCTDenoiseLib.provenance import read_sidecar, sidecar_path
+from SelfSupCTDenoiseLib.files.provenance_io import read_sidecar, sidecar_path
 
 FAST = ["--steps", "5", "--period", "5", "--batch-size", "4", "--patch-size", "32", "--threads", "1", "--quiet"]
 #: The volume whose worker is killed: adapting long enough to be caught mid-run.
@@ -107,7 +107,7 @@ def test_serial_batch_refuses_two_inputs_that_would_write_one_output(tmp_path, c
 
 def test_report_flags_and_order_follow_the_qc_numbers(tmp_path):
     from SelfSupCTDenoiseLib.cohort.qc import flags
-    from SelfSupCTDenoiseLib.qc_report import _order
+    from SelfSupCTDenoiseLib.cohort.report import _order
 
     clean = {"method_noise_level": "noise", "method_noise_score": 0.02, "hu_shift_within_tolerance": True,
              "hu_shift_hu": 0.3, "estimated_noise_hu": 30.0, "noise_sd_input_hu": 30.0}
@@ -126,10 +126,10 @@ def test_report_flags_and_order_follow_the_qc_numbers(tmp_path):
 
 def test_a_task_moves_a_complete_set_into_place_or_nothing(tiny_bundle, tmp_path, monkeypatch):
     import SelfSupCTDenoiseLib.cohort.task as task
-    import SelfSupCTDenoiseLib.pipeline as pipeline
+    import SelfSupCTDenoiseLib.files.denoise_file as denoise_file_module
     from SelfSupCTDenoiseLib.cohort.inputs import read_cohort
     from SelfSupCTDenoiseLib.commands.denoise import completed_outputs
-    from SelfSupCTDenoiseLib.io import remove_stale_temps
+    from SelfSupCTDenoiseLib.files.volumes import remove_stale_temps
 
     save_volume(tmp_path / "v.nrrd", seed=3, slices=2, size=32)
     out = tmp_path / "out"
@@ -138,7 +138,7 @@ def test_a_task_moves_a_complete_set_into_place_or_nothing(tiny_bundle, tmp_path
     spec = task.volume_spec(volume, "run1", tiny_bundle.path, None, dicom_out=False, force=False, denoise=True)
     # another volume's denoise_file writing into OUTDIR meanwhile removes the engine's temporaries it
     # finds there: this task's private folder and the files staged in it must survive that
-    real_denoise, seen = pipeline.denoise_file, []
+    real_denoise, seen = denoise_file_module.denoise_file, []
 
     def denoise_then_a_neighbour_starts(source, output, *args, **kwargs):
         info = real_denoise(source, output, *args, **kwargs)
@@ -146,7 +146,7 @@ def test_a_task_moves_a_complete_set_into_place_or_nothing(tiny_bundle, tmp_path
         seen.append(sorted(p.name for p in Path(output).parent.iterdir()))
         return info
 
-    monkeypatch.setattr(pipeline, "denoise_file", denoise_then_a_neighbour_starts)
+    monkeypatch.setattr(denoise_file_module, "denoise_file", denoise_then_a_neighbour_starts)
     real_replace = os.replace
 
     def interrupted_before_the_sidecar(source, target):  # os.replace of every module: only OUTDIR's sidecar
@@ -286,7 +286,7 @@ def test_second_run_skips_everything_already_done(cohort, tiny_bundle):
 
 def test_qc_numbers_are_the_engines_trust_measures(cohort):
     from SelfSupCTDenoiseLib.cohort.qc import read_qc
-    from SelfSupCTDenoiseLib.trust import trust_report
+    from SelfSupCTDenoiseLib.quality.trust import trust_report
 
     target = cohort["out"] / "case0_denoised.nrrd"
     qc = read_qc(target)
@@ -307,7 +307,7 @@ def test_qc_numbers_are_the_engines_trust_measures(cohort):
                     reason="Chromium is not installed (.ci/run installs Debian's chromium where it can)")
 def test_report_in_headless_chromium_shows_every_volume_with_its_flags(cohort, tmp_path):
     from SelfSupCTDenoiseLib.cohort.qc import flags, read_qc
-    from SelfSupCTDenoiseLib.qc_report import headless_chromium
+    from SelfSupCTDenoiseLib.cohort.report import headless_chromium
 
     report = cohort["out"] / "report.html"
     assert "http" not in re.sub(r'href="qc/[^"]+"', "", report.read_text(encoding="utf-8")).lower()  # nothing from the network

@@ -5,10 +5,10 @@ import pytest
 import SimpleITK as sitk
 
 from SelfSupCTDenoiseLib.cli import main
-from SelfSupCTDenoiseLib.datasets import sample_paths
+from SelfSupCTDenoiseLib.data.dataset import sample_paths
+from SelfSupCTDenoiseLib.data.phantom import clean_phantom, correlated_noise
 from SelfSupCTDenoiseLib.errors import InputError
-from SelfSupCTDenoiseLib.io import read_volume
-from SelfSupCTDenoiseLib.phantom import clean_phantom, correlated_noise
+from SelfSupCTDenoiseLib.files.volumes import read_volume
 
 
 def fov(size, radius):

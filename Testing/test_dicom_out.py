@@ -11,10 +11,10 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
-from SelfSupCTDenoiseLib import dicom_out
-from SelfSupCTDenoiseLib.dicom_out import (DENOISED_SUFFIX, NOISE_MAP_SUFFIX, choose_rescale, read_source_series,
-                                           series_description, write_dicom_series)
 from SelfSupCTDenoiseLib.errors import InputError
+from SelfSupCTDenoiseLib.files import dicom_out
+from SelfSupCTDenoiseLib.files.dicom_out import (DENOISED_SUFFIX, NOISE_MAP_SUFFIX, choose_rescale,
+                                                 read_source_series, series_description, write_dicom_series)
 
 ORIGIN = (-112.5, -80.25, 31.0)
 SPACING = (0.7, 0.7, 2.5)

@@ -15,12 +15,12 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import ROOT
-from SelfSupCTDenoiseLib import io
 from SelfSupCTDenoiseLib.cli import main
-from SelfSupCTDenoiseLib.config import AdaptConfig
+from SelfSupCTDenoiseLib.data.phantom import noisy_pair
+from SelfSupCTDenoiseLib.engine.config import AdaptConfig
 from SelfSupCTDenoiseLib.errors import InputError
-from SelfSupCTDenoiseLib.phantom import noisy_pair
-from SelfSupCTDenoiseLib.provenance import read_sidecar, write_sidecar
+from SelfSupCTDenoiseLib.files import volumes
+from SelfSupCTDenoiseLib.files.provenance_io import read_sidecar, write_sidecar
 
 QUICK = ["--steps", "0", "--quiet", "--device", "cpu"]
 
@@ -106,8 +106,8 @@ def test_a_short_write_is_caught_by_reading_it_back(tiny_bundle, tmp_path, monke
 
 def test_write_volume_verifies_and_replaces_header_and_data_file_together(ct_image, tmp_path):
     target = tmp_path / "ct.mhd"
-    io.write_volume(ct_image, target)
-    io.write_volume(sitk.Cast(ct_image, sitk.sitkFloat32) + 5.0, target)
+    volumes.write_volume(ct_image, target)
+    volumes.write_volume(sitk.Cast(ct_image, sitk.sitkFloat32) + 5.0, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.mhd", "ct.zraw"]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(target))),
                                   sitk.GetArrayFromImage(ct_image).astype(np.float32) + 5)
@@ -186,7 +186,7 @@ def test_a_signal_during_the_final_renames_arrives_after_the_set_is_complete(tin
 
 def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(tiny_bundle, tmp_path):
     source = volume(tmp_path / "in.nrrd")
-    old, fresh = tmp_path / f"{io.TEMP_PREFIX}123-old", tmp_path / f"{io.TEMP_PREFIX}456-new"
+    old, fresh = tmp_path / f"{volumes.TEMP_PREFIX}123-old", tmp_path / f"{volumes.TEMP_PREFIX}456-new"
     for folder in (old, fresh):
         folder.mkdir()
         (folder / "den.mhd").write_text("ObjectType = Image\n")
@@ -267,7 +267,7 @@ def test_an_unwritable_output_folder_is_refused_before_loading(tiny_bundle, tmp_
     def never(*args, **kwargs):
         raise AssertionError("the input was loaded before the output folder was checked")
 
-    monkeypatch.setattr("SelfSupCTDenoiseLib.pipeline.read_volume", never)
+    monkeypatch.setattr("SelfSupCTDenoiseLib.files.denoise_file.read_volume", never)
     try:
         for paths in ([source, locked / "den.nrrd"], [tmp_path, locked], [source, source, locked / "batch"]):
             code = main(["denoise", *map(str, paths), "--bundle", str(tiny_bundle.path), *QUICK])

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from conftest import ROOT
-from SelfSupCTDenoiseLib.inference import apply_slicewise
+from SelfSupCTDenoiseLib.engine.inference import apply_slicewise
 
 ENGINE = ROOT / "SelfSupCTDenoise" / "SelfSupCTDenoiseLib"
 
@@ -51,7 +51,7 @@ def test_engine_imports_no_slicer_qt_or_vtk():
 
 
 def test_importing_the_engine_package_and_its_config_does_not_import_torch():
-    code = ("import sys; import SelfSupCTDenoiseLib, SelfSupCTDenoiseLib.config, SelfSupCTDenoiseLib.progress; "
+    code = ("import sys; import SelfSupCTDenoiseLib, SelfSupCTDenoiseLib.engine.config, SelfSupCTDenoiseLib.engine.progress; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "SelfSupCTDenoise", capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

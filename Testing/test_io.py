@@ -3,7 +3,7 @@ import pytest
 import SimpleITK as sitk
 
 from SelfSupCTDenoiseLib.errors import InputError
-from SelfSupCTDenoiseLib.io import check_output_path, image_like, read_volume, write_volume
+from SelfSupCTDenoiseLib.files.volumes import check_output_path, image_like, read_volume, write_volume
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])
@@ -106,7 +106,7 @@ def test_image_like_copies_geometry(ct_image):
 @pytest.fixture()
 def series8(tmp_path):
     """8 slices 2.5 mm apart (in-plane rotated), one file each: 000.dcm ... 007.dcm."""
-    from SelfSupCTDenoiseLib.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
 
     ldct, _ = noisy_pair(8, 32, 30.0, seed=3)
     image = sitk.GetImageFromArray(np.round(ldct).astype(np.int16))
@@ -131,7 +131,7 @@ def test_intact_dicom_series_with_bystander_files_is_read_whole(series8):
 
 @pytest.mark.parametrize("damage", ["truncated", "empty extra file"])
 def test_unreadable_file_in_a_dicom_folder_is_refused_naming_it(series8, damage):
-    from SelfSupCTDenoiseLib.dicom_out import read_source_series
+    from SelfSupCTDenoiseLib.files.dicom_out import read_source_series
 
     _, folder = series8
     if damage == "truncated":  # a copy cut short: GDCM drops it and reads 7 slices at 2.917 mm

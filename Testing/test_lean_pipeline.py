@@ -6,7 +6,7 @@ saved without noise models: a fixed model, where the shipped one may be retraine
 
     ldct = <sample_ldct_d25_hann.nrrd as array>[14:16, 0:64, 16:112].copy(); ldct[0, :12, :20] = -3024
     config = AdaptConfig(steps=10, period=5, batch_size=4, threads=1, strength=0.5)
-    r = denoise_array(ldct, (1.5, 1.5, 1.5), load_bundle(FROZEN_BUNDLE), config)
+    r = denoise_array(ldct, load_bundle(FROZEN_BUNDLE), config)
     np.savez_compressed(path, input=ldct, full_strength=r.full_strength,
                         guard=[removed_std_pretrained_hu, removed_std_adapted_hu])
 """
@@ -19,12 +19,13 @@ import SimpleITK as sitk
 import torch
 
 from conftest import ROOT
-from SelfSupCTDenoiseLib.bundle import load_bundle
-from SelfSupCTDenoiseLib.config import AdaptConfig
-from SelfSupCTDenoiseLib.inference import apply_slicewise
-from SelfSupCTDenoiseLib.networks.redcnn import RedCNN
-from SelfSupCTDenoiseLib.phantom import clean_phantom, correlated_noise
-from SelfSupCTDenoiseLib.pipeline import GUARD_SLICES, denoise_array, denoise_file
+from SelfSupCTDenoiseLib.data.phantom import clean_phantom, correlated_noise
+from SelfSupCTDenoiseLib.engine.bundle import load_bundle
+from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+from SelfSupCTDenoiseLib.engine.inference import apply_slicewise
+from SelfSupCTDenoiseLib.engine.networks.redcnn import RedCNN
+from SelfSupCTDenoiseLib.engine.run import GUARD_SLICES, denoise_array
+from SelfSupCTDenoiseLib.files.denoise_file import denoise_file
 
 REFERENCE = ROOT / "Testing" / "data" / "sample_crop_before_speed_work.npz"
 FROZEN_BUNDLE = ROOT / "Testing" / "data" / "frozen_tiny_bundle"
@@ -35,7 +36,7 @@ def test_outputs_stay_within_half_a_hu_of_the_path_before_the_speed_work(tmp_pat
     reference = np.load(REFERENCE)
     ldct, before = reference["input"], reference["full_strength"]
     config = AdaptConfig(steps=10, period=5, batch_size=4, threads=1, strength=0.5)
-    result = denoise_array(ldct, (1.5, 1.5, 1.5), load_bundle(FROZEN_BUNDLE), config)
+    result = denoise_array(ldct, load_bundle(FROZEN_BUNDLE), config)
     guard = result.info["run"]["guard"]
     np.testing.assert_allclose([guard["removed_std_pretrained_hu"], guard["removed_std_adapted_hu"]],
                                reference["guard"], atol=0.01)
@@ -71,7 +72,7 @@ def test_the_guard_slices_go_through_each_model_once(tiny_bundle, phantom, monke
         return forward(self, x)
 
     monkeypatch.setattr(RedCNN, "forward", counting)
-    result = denoise_array(phantom, (1, 1, 1), tiny_bundle, AdaptConfig(steps=2, **FAST))
+    result = denoise_array(phantom, tiny_bundle, AdaptConfig(steps=2, **FAST))
     assert result.info["run"]["guard"]["fell_back"] is False
     # the guard runs both models on its slices; the full pass reuses the adapted model's
     assert sum(slices_seen) == len(phantom) + GUARD_SLICES
@@ -115,7 +116,7 @@ def test_a_file_run_holds_at_most_two_float_volumes_of_numpy_arrays(tiny_bundle,
 def test_metrics_give_scikit_image_numbers_without_float64_copies_of_the_volumes():
     from skimage.metrics import peak_signal_noise_ratio
 
-    from SelfSupCTDenoiseLib.metrics import WINDOWS, compare
+    from SelfSupCTDenoiseLib.quality.metrics import WINDOWS, compare
 
     rng = np.random.default_rng(0)
     reference = rng.normal(0.0, 300.0, (128, 64, 64)).astype(np.float32)

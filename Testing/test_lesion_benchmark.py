@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SelfSupCTDenoiseLib.benchmark import replace_marked_section, write_report
+from SelfSupCTDenoiseLib.bench.benchmark import replace_marked_section, write_report
+from SelfSupCTDenoiseLib.bench.lesion_benchmark import (SECTION, build_lesion_volume, merge_lesion_results,
+                                                        run_lesion_benchmark, write_lesion_report)
 from SelfSupCTDenoiseLib.cli import main
-from SelfSupCTDenoiseLib.lesion_benchmark import (SECTION, build_lesion_volume, merge_lesion_results,
-                                                  run_lesion_benchmark, write_lesion_report)
-from SelfSupCTDenoiseLib.phantom import clean_phantom
+from SelfSupCTDenoiseLib.data.phantom import clean_phantom
 
 SIZES, CONTRASTS = (3.0, 6.0), (20.0,)
 ROWS = ("LDCT", "shipped default", "oracle", "anisotropic diffusion")

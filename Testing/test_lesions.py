@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from SelfSupCTDenoiseLib.bench.lesions import Lesion, core_mask, disc_fraction, insert_lesions, place_lesions
+from SelfSupCTDenoiseLib.bench.observer import roi_half_width_mm
+from SelfSupCTDenoiseLib.data.phantom import clean_phantom
+from SelfSupCTDenoiseLib.engine.noise_level import soft_tissue_mask
 from SelfSupCTDenoiseLib.errors import InputError
-from SelfSupCTDenoiseLib.lesions import Lesion, core_mask, disc_fraction, insert_lesions, place_lesions
-from SelfSupCTDenoiseLib.noise_level import soft_tissue_mask
-from SelfSupCTDenoiseLib.observer import roi_half_width_mm
-from SelfSupCTDenoiseLib.phantom import clean_phantom
 
 SPACING = (0.7, 0.7)
 

@@ -8,8 +8,8 @@ import pytest
 
 astra = pytest.importorskip("astra")
 
-from SelfSupCTDenoiseLib import lowdose  # noqa: E402
-from SelfSupCTDenoiseLib.nps import lag1_autocorrelation  # noqa: E402
+from SelfSupCTDenoiseLib.data import lowdose  # noqa: E402
+from SelfSupCTDenoiseLib.quality.nps import lag1_autocorrelation  # noqa: E402
 
 
 def water_phantom(size=96, spacing=2.0, radius_mm=80.0, slices=2):
@@ -110,7 +110,7 @@ def test_build_dataset_on_a_local_file(tmp_path, dose_reference):
     """The builder end to end on a local noisy phantom: files, geometry, manifest, dose calibration."""
     import SimpleITK as sitk
 
-    from SelfSupCTDenoiseLib import datasets
+    from SelfSupCTDenoiseLib.data import dataset, sources
 
     pytest.importorskip("bm3d")
     phantom = water_phantom(size=64, spacing=3.0, slices=3)
@@ -120,10 +120,10 @@ def test_build_dataset_on_a_local_file(tmp_path, dose_reference):
     image.SetOrigin((-96.0, -90.0, 12.5))
     source = tmp_path / "phantom.nrrd"
     sitk.WriteImage(image, str(source))
-    subjects = (datasets.Subject("phantom", "volume", "water phantom", "test", path=str(source)),)
-    opts = datasets.BuildOptions(out_dir=tmp_path / "sim", tags=("d25_hann", "d50_hann"), max_slices=2,
-                                 subjects=subjects, seed=1, dose_reference=dose_reference)
-    manifest = datasets.build_dataset(opts, log=lambda _: None)
+    subjects = (sources.Subject("phantom", "volume", "water phantom", "test", path=str(source)),)
+    opts = dataset.BuildOptions(out_dir=tmp_path / "sim", tags=("d25_hann", "d50_hann"), max_slices=2,
+                                subjects=subjects, seed=1, dose_reference=dose_reference)
+    manifest = dataset.build_dataset(opts, log=lambda _: None)
     folder = tmp_path / "sim" / "phantom"
     for name in ("ndct", "ldct_d25_hann", "ldct_d50_hann", "clean", "clean_ldct_d25_hann"):
         out = sitk.ReadImage(str(folder / f"{name}.nrrd"))
@@ -139,4 +139,4 @@ def test_build_dataset_on_a_local_file(tmp_path, dose_reference):
         assert tags["d25_hann"]["noise_std_hu"] == pytest.approx(np.sqrt(3) * entry["ndct_noise_sd_hu"], rel=0.2)
     else:
         assert entry["i0_full"] == pytest.approx(lowdose.DEFAULT_I0_FULL)
-    assert "phantom" in datasets.summary_table(manifest)
+    assert "phantom" in dataset.summary_table(manifest)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from SelfSupCTDenoiseLib.clean_reference import consensus_reference
-from SelfSupCTDenoiseLib.metrics import EDGE_FRACTION, edge_mask, psnr, psnr_edges
-from SelfSupCTDenoiseLib.phantom import clean_phantom, correlated_noise
+from SelfSupCTDenoiseLib.data.clean_reference import consensus_reference
+from SelfSupCTDenoiseLib.quality.metrics import EDGE_FRACTION, edge_mask, psnr, psnr_edges
+from SelfSupCTDenoiseLib.data.phantom import clean_phantom, correlated_noise
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from SelfSupCTDenoiseLib.config import PROFILES
-from SelfSupCTDenoiseLib.networks.redcnn import RedCNN
-from SelfSupCTDenoiseLib.networks.unet import UNet
+from SelfSupCTDenoiseLib.engine.config import PROFILES
+from SelfSupCTDenoiseLib.engine.networks.redcnn import RedCNN
+from SelfSupCTDenoiseLib.engine.networks.unet import UNet
 
 
 def n_params(model):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from SelfSupCTDenoiseLib.noise_level import estimate_noise, texture
-from SelfSupCTDenoiseLib.phantom import clean_phantom, correlated_noise
-from SelfSupCTDenoiseLib.normalization import Normalization
-from SelfSupCTDenoiseLib.pseudo import PseudoNoiseSource
-from SelfSupCTDenoiseLib.spectrum import DEFAULT_BAND_EDGES, band_power, shape_noise
+from SelfSupCTDenoiseLib.data.phantom import clean_phantom, correlated_noise
+from SelfSupCTDenoiseLib.engine.noise_level import estimate_noise, texture
+from SelfSupCTDenoiseLib.engine.normalization import Normalization
+from SelfSupCTDenoiseLib.engine.pseudo import PseudoNoiseSource
+from SelfSupCTDenoiseLib.engine.spectrum import DEFAULT_BAND_EDGES, patch_band_power, shape_noise
 
 
 def patches(noise, size=64):
@@ -18,7 +18,7 @@ def patches(noise, size=64):
 @pytest.fixture(scope="module")
 def training_texture():
     """Band powers of the smooth (FBP-like) noise a bundle would have been trained on."""
-    return band_power(patches(correlated_noise((8, 64, 64), 1.0, seed=3))).tolist()
+    return patch_band_power(patches(correlated_noise((8, 64, 64), 1.0, seed=3))).tolist()
 
 
 def textured_noise(shape, texture_band_power, sigma, seed):
@@ -63,7 +63,7 @@ def test_fitted_pseudo_noise_has_the_inputs_nps_where_the_training_texture_does_
     """Sharp-kernel input noise, smooth training noise: `fitted` follows the input, `synthetic` cannot."""
     sharp = shepp_logan_noise(phantom.shape, 40.0, seed=5)
     estimate = estimate_noise(phantom + sharp, training_texture)
-    real = band_power(patches(sharp))
+    real = patch_band_power(patches(sharp))
     norm = Normalization()
     calibration = {"band_power_real": training_texture, "band_edges": DEFAULT_BAND_EDGES,
                    "noise_std_soft_tissue_hu": 40.0}
@@ -73,7 +73,7 @@ def test_fitted_pseudo_noise_has_the_inputs_nps_where_the_training_texture_does_
                                    generator=torch.Generator().manual_seed(0))
         z = source.draw(None, (256, 1, 64, 64), "cpu") * norm.scale
         z = z / z.std() * 40.0  # compare shapes: the level is set per input by the pipeline
-        return band_power(z) / real
+        return patch_band_power(z) / real
 
     fitted, synthetic = ratio("fitted"), ratio("synthetic")
     assert torch.all((fitted > 0.5) & (fitted < 1.6)), fitted

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from SelfSupCTDenoiseLib import nps
+from SelfSupCTDenoiseLib.quality import nps
 
 
 def _white(n=16, size=64, sigma=10.0, seed=0):
@@ -55,14 +55,14 @@ def test_radial_integral_close_to_variance_for_band_limited_noise():
     assert nps.radial_integral(r_w, f_w) / white.var() == pytest.approx(np.pi / 4, rel=0.05)
 
 
-def test_band_power_partitions_the_radial_integral():
+def test_nps_band_variance_partitions_the_radial_integral():
     radial, freqs = nps.radial_nps_pixels(_lowpass())
     edges = [0.0, 0.1, 0.2, 0.3, 0.5]
-    power = nps.band_power(radial, freqs, edges)
+    power = nps.nps_band_variance(radial, freqs, edges)
     assert power.sum() == pytest.approx(nps.radial_integral(radial, freqs))
     assert nps.band_fractions(radial, freqs, edges).sum() == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        nps.band_power(radial, freqs, [0.2, 0.1])
+        nps.nps_band_variance(radial, freqs, [0.2, 0.1])
 
 
 def test_peak_frequency_of_band_pass_noise():

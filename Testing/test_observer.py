@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from SelfSupCTDenoiseLib.lesions import disc_fraction
-from SelfSupCTDenoiseLib.observer import (auc_from_dprime, channel_width_mm, cho_dprime, laguerre_gauss_channels,
-                                          roi_half_width_mm)
+from SelfSupCTDenoiseLib.bench.lesions import disc_fraction
+from SelfSupCTDenoiseLib.bench.observer import (auc_from_dprime, channel_width_mm, cho_dprime,
+                                                laguerre_gauss_channels, roi_half_width_mm)
 
 SPACING = (0.8, 0.8)
 

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SelfSupCTDenoiseLib.config import AdaptConfig
-from SelfSupCTDenoiseLib.phantom import clean_phantom, correlated_noise
-from SelfSupCTDenoiseLib.pipeline import denoise_array, denoise_file
+from SelfSupCTDenoiseLib.data.phantom import clean_phantom, correlated_noise
+from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+from SelfSupCTDenoiseLib.engine.run import denoise_array
+from SelfSupCTDenoiseLib.files.denoise_file import denoise_file
 
 FAST = dict(batch_size=8, patch_size=32, period=2, lr=3e-4, device="cpu")
 SIZE, FOV_RADIUS = 128, 52
@@ -32,8 +33,8 @@ def padded_phantom(pad=-3024):
 def test_padding_comes_back_exactly_and_the_fov_as_if_it_were_air(tiny_bundle, steps):
     padded, air, inside = padded_phantom()
     config = AdaptConfig(steps=steps, **FAST)
-    result = denoise_array(padded, (0.8, 0.8, 2.0), tiny_bundle, config)
-    reference = denoise_array(air, (0.8, 0.8, 2.0), tiny_bundle, config)
+    result = denoise_array(padded, tiny_bundle, config)
+    reference = denoise_array(air, tiny_bundle, config)
     outside = ~inside
     np.testing.assert_array_equal(result.denoised[outside], padded[outside].astype(np.float32))
     np.testing.assert_array_equal(result.full_strength[outside], padded[outside].astype(np.float32))
@@ -62,7 +63,7 @@ def test_padded_file_keeps_its_padding_bit_for_bit(tiny_bundle, tmp_path, pad):
 
 def test_noise_in_air_is_not_padding():
     """Low-dose noise in air reaches far below -1024 HU; it is denoised like the rest."""
-    from SelfSupCTDenoiseLib.io import padding_mask
+    from SelfSupCTDenoiseLib.engine.ct_array import padding_mask
 
     volume = clean_phantom(2, 64) + correlated_noise((2, 64, 64), 120.0, seed=2)
     assert volume.min() < -1300

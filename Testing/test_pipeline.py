@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from SelfSupCTDenoiseLib.config import AdaptConfig
+from SelfSupCTDenoiseLib.data.phantom import clean_phantom, correlated_noise
+from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+from SelfSupCTDenoiseLib.engine.progress import CancelToken
+from SelfSupCTDenoiseLib.engine.run import denoise_array
 from SelfSupCTDenoiseLib.errors import Cancelled
-from SelfSupCTDenoiseLib.metrics import psnr
-from SelfSupCTDenoiseLib.phantom import clean_phantom, correlated_noise
-from SelfSupCTDenoiseLib.pipeline import denoise_array
-from SelfSupCTDenoiseLib.progress import CancelToken
+from SelfSupCTDenoiseLib.quality.metrics import psnr
 
 FAST = dict(batch_size=8, patch_size=32, period=10, lr=3e-4)
 
@@ -23,8 +23,8 @@ def unseen_dose():
 
 def test_adaptation_beats_the_pretrained_model_at_an_unseen_dose(tiny_bundle, unseen_dose):
     ldct, ndct = unseen_dose
-    pretrained = denoise_array(ldct, (1, 1, 1), tiny_bundle, AdaptConfig(steps=0, **FAST))
-    adapted = denoise_array(ldct, (1, 1, 1), tiny_bundle, AdaptConfig(steps=100, **FAST))
+    pretrained = denoise_array(ldct, tiny_bundle, AdaptConfig(steps=0, **FAST))
+    adapted = denoise_array(ldct, tiny_bundle, AdaptConfig(steps=100, **FAST))
     before, after, start = psnr(pretrained.denoised, ndct), psnr(adapted.denoised, ndct), psnr(ldct, ndct)
     assert before > start + 1.0
     assert after > before + 0.5, (start, before, after)
@@ -36,7 +36,7 @@ def test_adaptation_beats_the_pretrained_model_at_an_unseen_dose(tiny_bundle, un
 
 def test_noise_level_of_the_input_is_estimated_without_a_reference(tiny_bundle, unseen_dose):
     ldct, _ = unseen_dose
-    info = denoise_array(ldct, (1, 1, 1), tiny_bundle, AdaptConfig(steps=0, **FAST)).info
+    info = denoise_array(ldct, tiny_bundle, AdaptConfig(steps=0, **FAST)).info
     # the phantom's noise falls steeply inside the top frequency band, which the band-wise texture
     # model (noise_level.py) cannot follow: -16% here; on simulated CT the error is in docs/BENCHMARK.md
     assert info["run"]["estimated_noise_std_hu"] == pytest.approx(50.0, rel=0.2)
@@ -45,7 +45,7 @@ def test_noise_level_of_the_input_is_estimated_without_a_reference(tiny_bundle, 
 
 def test_outputs_keep_shape_and_noise_map_is_what_was_removed(tiny_bundle, unseen_dose):
     ldct, _ = unseen_dose
-    result = denoise_array(ldct[:, :40, :53], (1, 1, 1), tiny_bundle, AdaptConfig(steps=3, strength=0.5, **FAST))
+    result = denoise_array(ldct[:, :40, :53], tiny_bundle, AdaptConfig(steps=3, strength=0.5, **FAST))
     assert result.denoised.shape == result.noise_map.shape == (6, 40, 53)
     assert result.denoised.dtype == np.float32
     np.testing.assert_allclose(result.noise_map, ldct[:, :40, :53] - result.denoised, atol=1e-3)
@@ -56,9 +56,9 @@ def test_outputs_keep_shape_and_noise_map_is_what_was_removed(tiny_bundle, unsee
 def test_same_seed_same_output_other_seed_differs(tiny_bundle, unseen_dose):
     ldct = unseen_dose[0][:3]
     config = AdaptConfig(steps=10, guard=False, **FAST)  # one teacher update at step 10
-    a = denoise_array(ldct, (1, 1, 1), tiny_bundle, config).denoised
-    b = denoise_array(ldct, (1, 1, 1), tiny_bundle, config).denoised
-    c = denoise_array(ldct, (1, 1, 1), tiny_bundle, config.with_(seed=1)).denoised
+    a = denoise_array(ldct, tiny_bundle, config).denoised
+    b = denoise_array(ldct, tiny_bundle, config).denoised
+    c = denoise_array(ldct, tiny_bundle, config.with_(seed=1)).denoised
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
@@ -67,8 +67,8 @@ def test_guard_falls_back_when_the_pseudo_noise_is_far_too_weak(tiny_bundle, uns
     # longer matches the input's estimated noise, and the guard returns the pretrained result.
     ldct, _ = unseen_dose
     config = AdaptConfig(steps=60, pseudo_noise="gaussian", gaussian_sigma_hu=2.0, **{**FAST, "lr": 1e-3})
-    guarded = denoise_array(ldct, (1, 1, 1), tiny_bundle, config)
-    pretrained = denoise_array(ldct, (1, 1, 1), tiny_bundle, config.with_(steps=0))
+    guarded = denoise_array(ldct, tiny_bundle, config)
+    pretrained = denoise_array(ldct, tiny_bundle, config.with_(steps=0))
     assert guarded.info["run"]["guard"]["fell_back"]
     np.testing.assert_array_equal(guarded.denoised, pretrained.denoised)
 
@@ -76,7 +76,7 @@ def test_guard_falls_back_when_the_pseudo_noise_is_far_too_weak(tiny_bundle, uns
 def test_progress_reports_every_phase_and_cancel_stops_within_a_step(tiny_bundle, unseen_dose):
     ldct = unseen_dose[0]
     events = []
-    denoise_array(ldct, (1, 1, 1), tiny_bundle, AdaptConfig(steps=4, period=2, **{k: v for k, v in FAST.items() if k != "period"}),
+    denoise_array(ldct, tiny_bundle, AdaptConfig(steps=4, period=2, **{k: v for k, v in FAST.items() if k != "period"}),
                   progress=events.append)
     phases = [e.phase for e in events]
     assert {"noise", "adapt", "infer"} <= set(phases)
@@ -92,7 +92,7 @@ def test_progress_reports_every_phase_and_cancel_stops_within_a_step(tiny_bundle
             token.cancel()
 
     with pytest.raises(Cancelled):
-        denoise_array(ldct, (1, 1, 1), tiny_bundle, AdaptConfig(steps=50, **FAST), cancel_at_step_3, token)
+        denoise_array(ldct, tiny_bundle, AdaptConfig(steps=50, **FAST), cancel_at_step_3, token)
     assert max(e.step for e in seen if e.phase == "adapt") == 3
 
 
@@ -102,8 +102,8 @@ def test_progress_reports_every_phase_and_cancel_stops_within_a_step(tiny_bundle
 def test_steps_short_of_one_period_change_the_output(tiny_bundle, unseen_dose):
     ldct = unseen_dose[0][:3]
     config = AdaptConfig(steps=5, guard=False, **{**FAST, "period": 20})
-    adapted = denoise_array(ldct, (1, 1, 1), tiny_bundle, config)
-    pretrained = denoise_array(ldct, (1, 1, 1), tiny_bundle, config.with_(steps=0))
+    adapted = denoise_array(ldct, tiny_bundle, config)
+    pretrained = denoise_array(ldct, tiny_bundle, config.with_(steps=0))
     assert adapted.info["run"]["adaptation"]["teacher_updates"] == 1
     assert np.abs(adapted.denoised - pretrained.denoised).max() > 0.1  # HU
 
@@ -114,7 +114,7 @@ def test_a_diverging_adaptation_writes_the_pretrained_result_and_says_so(tiny_bu
     import SimpleITK as sitk
 
     from SelfSupCTDenoiseLib.cli import main
-    from SelfSupCTDenoiseLib.provenance import read_sidecar
+    from SelfSupCTDenoiseLib.files.provenance_io import read_sidecar
 
     source = tmp_path / "float_input.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(unseen_dose[0][:3].astype(np.float32)), str(source))
@@ -133,7 +133,7 @@ def test_a_diverging_adaptation_writes_the_pretrained_result_and_says_so(tiny_bu
 
 def test_a_non_finite_adapted_output_falls_back_even_without_the_guard(tiny_bundle, unseen_dose, monkeypatch):
     # Adaptation ends with finite losses but a model that overflows on the full volume.
-    import SelfSupCTDenoiseLib.adapt as adapt_module
+    import SelfSupCTDenoiseLib.engine.adapt as adapt_module
 
     real_adapt = adapt_module.adapt
 
@@ -146,15 +146,15 @@ def test_a_non_finite_adapted_output_falls_back_even_without_the_guard(tiny_bund
     monkeypatch.setattr(adapt_module, "adapt", adapt_then_break)
     ldct = unseen_dose[0][:3]
     config = AdaptConfig(steps=2, guard=False, **FAST)
-    result = denoise_array(ldct, (1, 1, 1), tiny_bundle, config)
+    result = denoise_array(ldct, tiny_bundle, config)
     monkeypatch.undo()
-    pretrained = denoise_array(ldct, (1, 1, 1), tiny_bundle, config.with_(steps=0))
+    pretrained = denoise_array(ldct, tiny_bundle, config.with_(steps=0))
     np.testing.assert_array_equal(result.denoised, pretrained.denoised)
     assert result.info["run"]["guard"] == {"fell_back": True, "reason": "the adapted model's output is not finite"}
 
 
 def test_a_non_finite_pretrained_output_is_an_error_not_an_output(tiny_bundle, unseen_dose, tmp_path):
-    from SelfSupCTDenoiseLib.bundle import load_bundle, save_bundle
+    from SelfSupCTDenoiseLib.engine.bundle import load_bundle, save_bundle
     from SelfSupCTDenoiseLib.errors import BundleError
 
     state = tiny_bundle.build_denoiser().state_dict()
@@ -165,7 +165,7 @@ def test_a_non_finite_pretrained_output_is_an_error_not_an_output(tiny_bundle, u
                          denoiser_state=state, noise_model_states=noise_models,
                          calibration=manifest["calibration"], noise_histogram=manifest["noise_histogram"])
     with pytest.raises(BundleError, match=r"pretrained model of bundle 'broken' gives NaN or infinite values"):
-        denoise_array(unseen_dose[0][:3], (1, 1, 1), load_bundle(broken.path), AdaptConfig(steps=0, **FAST))
+        denoise_array(unseen_dose[0][:3], load_bundle(broken.path), AdaptConfig(steps=0, **FAST))
 
 
 # --- threads: same input, seed, thread count, device and torch build -> same output -------------
@@ -176,12 +176,12 @@ def test_same_seed_and_thread_count_give_the_same_output_and_the_threads_are_rec
     before = torch.get_num_threads()
     seen = []
     config = AdaptConfig(steps=4, guard=False, threads=1, **{**FAST, "period": 2})
-    a = denoise_array(ldct, (1, 1, 1), tiny_bundle, config, progress=lambda e: seen.append(torch.get_num_threads()))
-    b = denoise_array(ldct, (1, 1, 1), tiny_bundle, config)
+    a = denoise_array(ldct, tiny_bundle, config, progress=lambda e: seen.append(torch.get_num_threads()))
+    b = denoise_array(ldct, tiny_bundle, config)
     assert np.array_equal(a.denoised, b.denoised)
     assert set(seen) == {1} and torch.get_num_threads() == before  # set for the run, restored after it
     assert a.info["threads"] == 1 and a.info["parameters"]["threads"] == 1
-    every_core = denoise_array(ldct, (1, 1, 1), tiny_bundle, config.with_(steps=0, threads=0)).info
+    every_core = denoise_array(ldct, tiny_bundle, config.with_(steps=0, threads=0)).info
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert every_core["threads"] == cores and every_core["parameters"]["threads"] == 0
 
@@ -194,7 +194,7 @@ def test_threads_reach_the_engine_from_the_command_line_and_the_slicer_worker(ti
 
     from SelfSupCTDenoiseLib.cli import main
     from SelfSupCTDenoiseLib.commands.worker import main as worker_main, make_request
-    from SelfSupCTDenoiseLib.provenance import read_sidecar
+    from SelfSupCTDenoiseLib.files.provenance_io import read_sidecar
 
     source = tmp_path / "in.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(unseen_dose[0][:3].astype(np.float32)), str(source))

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SelfSupCTDenoiseLib.config import AdaptConfig
+from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+from SelfSupCTDenoiseLib.engine.provenance import build_provenance
 from SelfSupCTDenoiseLib.errors import InputError
-from SelfSupCTDenoiseLib.provenance import (FIELD_PREFIX, build_provenance, from_nrrd_fields, read_sidecar,
-                                            set_image_fields, sidecar_path, to_nrrd_fields, write_sidecar)
+from SelfSupCTDenoiseLib.files.provenance_io import (FIELD_PREFIX, from_nrrd_fields, read_sidecar,
+                                                     set_image_fields, sidecar_path, to_nrrd_fields,
+                                                     write_sidecar)
 
 
 @pytest.fixture()
@@ -38,7 +40,7 @@ def test_record_holds_what_made_the_output(provenance):
 
 
 def test_building_provenance_does_not_import_torch():
-    code = ("import sys; from SelfSupCTDenoiseLib.provenance import build_provenance; "
+    code = ("import sys; from SelfSupCTDenoiseLib.engine.provenance import build_provenance; "
             "build_provenance(parameters={'seed': 0}); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -5,12 +5,14 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from SelfSupCTDenoiseLib.data.phantom import correlated_noise
+from SelfSupCTDenoiseLib.engine.strength import STRENGTH_LEVELS, cast_like_input, resolve_strength, strength_blend
 from SelfSupCTDenoiseLib.errors import InputError, SelfSupCTDenoiseError
-from SelfSupCTDenoiseLib.phantom import correlated_noise
-from SelfSupCTDenoiseLib.quality import (STRENGTH_LEVELS, Box, box_around, box_from_mm, cast_like_input,
-                                         compare_regions, find_uniform_regions, hu_shift, method_noise_score,
-                                         parse_box, region_stats, resolve_strength, strength_blend,
-                                         uniform_tissue_mask)
+from SelfSupCTDenoiseLib.quality.hu_shift import hu_shift
+from SelfSupCTDenoiseLib.quality.method_noise import method_noise_score
+from SelfSupCTDenoiseLib.quality.regions import (Box, box_around, box_from_mm, compare_regions,
+                                                 find_uniform_regions, parse_box, region_stats,
+                                                 uniform_tissue_mask)
 
 
 def detail_phantom(slices=6, size=128):

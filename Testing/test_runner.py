@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "SelfSupCTDenoise"))
 
-from SelfSupCTDenoiseLogic.runner import RunState, WorkerRunner, parseWorkerLine  # noqa: E402
+from SelfSupCTDenoiseSlicer.runner import RunState, WorkerRunner, parseWorkerLine  # noqa: E402
 
 FAKE_WORKER = textwrap.dedent('''
     """Fake worker: speaks the worker protocol; FAKE_MODE picks the behaviour."""
@@ -459,7 +459,7 @@ def test_real_worker_reports_missing_torch_as_a_dependency_error(tmp_path):
 
 def test_real_engine_runs_through_the_runner(tmp_path, tiny_bundle):
     import SimpleITK as sitk
-    from SelfSupCTDenoiseLib.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
 
     ldct, _ = noisy_pair(4, 48, 30.0, seed=3)
     array = np.round(ldct).astype(np.int16)
@@ -485,7 +485,7 @@ def test_real_engine_runs_through_the_runner(tmp_path, tiny_bundle):
 def _long_request(tmp_path, bundle, parent_pid=None):
     import SimpleITK as sitk
     from SelfSupCTDenoiseLib.commands.worker import make_request
-    from SelfSupCTDenoiseLib.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
 
     ldct, _ = noisy_pair(3, 48, 30.0, seed=4)
     sitk.WriteImage(sitk.GetImageFromArray(np.round(ldct).astype(np.int16)), str(tmp_path / "in.nrrd"))

@@ -25,12 +25,12 @@ slicer = pytest.importorskip("slicer")
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("slicer-core is not installed", allow_module_level=True)
 
+from SelfSupCTDenoiseLib.engine.progress import ProgressEvent  # noqa: E402
 from SelfSupCTDenoiseLib.errors import InputError  # noqa: E402
-from SelfSupCTDenoiseLib.progress import ProgressEvent  # noqa: E402
-from SelfSupCTDenoiseLogic import nodes, settings  # noqa: E402
-from SelfSupCTDenoiseLogic.job import DenoiseJob  # noqa: E402
-from SelfSupCTDenoiseLogic.runner import RunState, WorkerRunner  # noqa: E402
-from SelfSupCTDenoiseLogic.status import ProgressTracker  # noqa: E402
+from SelfSupCTDenoiseSlicer import nodes, settings  # noqa: E402
+from SelfSupCTDenoiseSlicer.job import DenoiseJob  # noqa: E402
+from SelfSupCTDenoiseSlicer.runner import RunState, WorkerRunner  # noqa: E402
+from SelfSupCTDenoiseSlicer.status import ProgressTracker  # noqa: E402
 
 from test_runner import FAKE_WORKER, assert_hidden_console, pretend_windows  # noqa: E402
 
@@ -242,7 +242,7 @@ def test_cancel_or_failure_leaves_the_scene_unchanged(scene, fake_worker, tmp_pa
 
 
 def test_real_engine_from_node_to_nodes_keeps_geometry_and_hu(scene, tmp_path, tiny_bundle):
-    from SelfSupCTDenoiseLib.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
 
     ldct, _ = noisy_pair(4, 48, 30.0, seed=5)
     array = np.round(ldct).astype(np.int16)
@@ -397,8 +397,8 @@ def test_module_file_imports_no_torch_or_engine_pipeline_at_load():
 
 
 def test_logic_package_imports_without_torch_or_application():
-    code = ("import sys; import SelfSupCTDenoiseLogic.job, SelfSupCTDenoiseLogic.settings, "
-            "SelfSupCTDenoiseLogic.status, SelfSupCTDenoiseLib.commands.worker; "
+    code = ("import sys; import SelfSupCTDenoiseSlicer.job, SelfSupCTDenoiseSlicer.settings, "
+            "SelfSupCTDenoiseSlicer.status, SelfSupCTDenoiseLib.commands.worker; "
             "bad = [m for m in ('torch', 'qt', 'ctk') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -410,7 +410,7 @@ def test_cmake_lists_every_shipped_file():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "SelfSupCTDenoise")
     listed = set(re.findall(r"^\s+([\w./-]+\.[\w.]+)\s*$", cmake, re.MULTILINE))
     shipped = set()
-    for package in ("SelfSupCTDenoiseLib", "SelfSupCTDenoiseLogic"):
+    for package in ("SelfSupCTDenoiseLib", "SelfSupCTDenoiseSlicer"):
         shipped |= {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / package).rglob("*.py")}
     for folder in ("UI", "Icons", "Models", "Sample"):
         base = MODULE_DIR / "Resources" / folder
@@ -419,7 +419,7 @@ def test_cmake_lists_every_shipped_file():
     shipped = {s for s in shipped if "__pycache__" not in s}
     missing = sorted(shipped - listed)
     assert not missing, f"not listed in SelfSupCTDenoise/CMakeLists.txt: {missing}"
-    stale = sorted(s for s in listed if s.startswith(("SelfSupCTDenoiseL", "Resources/"))
+    stale = sorted(s for s in listed if s.startswith(("SelfSupCTDenoiseLib", "SelfSupCTDenoiseSlicer", "Resources/"))
                    and not (MODULE_DIR / s).exists())
     assert not stale, f"listed in CMakeLists.txt but missing: {stale}"
 
@@ -600,7 +600,7 @@ def test_extension_metadata_passes_the_index_checks_offline():
 
 
 def test_dependency_checks_read_metadata_only():
-    from SelfSupCTDenoiseLogic import dependencies
+    from SelfSupCTDenoiseSlicer import dependencies
 
     assert dependencies.satisfies("2.13.0+cpu", ">=2.1") and not dependencies.satisfies("2.0.1", ">=2.1")
     assert dependencies.missingRequirements(["numpy>=1.0", "no-such-package-xyz>=1"]) == ["no-such-package-xyz>=1"]
@@ -612,7 +612,7 @@ def test_dependency_installation_paths_give_clear_messages(monkeypatch):
     """torch through PyTorchUtils, other packages after a confirmation; no real installation here."""
     import types
 
-    from SelfSupCTDenoiseLogic import dependencies
+    from SelfSupCTDenoiseSlicer import dependencies
 
     calls = []
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *a, **k: calls.append("confirm") or False,
@@ -643,7 +643,7 @@ def test_dependency_installation_paths_give_clear_messages(monkeypatch):
 
 
 def test_estimate_knows_which_pseudo_noise_kinds_run_the_noise_models():
-    from SelfSupCTDenoiseLib.pseudo import MODEL_KINDS
+    from SelfSupCTDenoiseLib.engine.pseudo import MODEL_KINDS
 
     assert set(settings.MODEL_NOISE_KINDS) == set(MODEL_KINDS)
 
@@ -685,7 +685,7 @@ def test_module_self_test_runs_on_the_shipped_sample_and_bundle(scene, monkeypat
 # -- strength after a run, region noise table (issue 6) --------------------------------------------
 
 def test_strength_after_a_run_reblends_without_adapting_again(scene, fake_worker, tmp_path):
-    from SelfSupCTDenoiseLogic import strength
+    from SelfSupCTDenoiseSlicer import strength
 
     array = ct_array()
     input_node = add_volume(scene, array, oblique_matrix())
@@ -708,7 +708,7 @@ def test_strength_after_a_run_reblends_without_adapting_again(scene, fake_worker
 
 
 def test_float_input_strength_end_points_are_exact(scene):
-    from SelfSupCTDenoiseLogic import strength
+    from SelfSupCTDenoiseSlicer import strength
 
     array = ct_array().astype(np.float32) + 0.3
     full = array * 0.9
@@ -719,7 +719,7 @@ def test_float_input_strength_end_points_are_exact(scene):
 
 
 def test_ras_bounds_to_box_uses_voxel_centres_and_clips():
-    from SelfSupCTDenoiseLogic import regions
+    from SelfSupCTDenoiseSlicer import regions
 
     ras_to_ijk = np.linalg.inv(np.diag([-0.5, -0.5, 2.0, 1.0]))  # RAS x = -0.5 i, y = -0.5 j, z = 2 k
     # i in [2, 6], j in [-4 (clipped), 3], k in [1, 2.5]
@@ -743,7 +743,7 @@ def _denoised_pair(scene, matrix=None):
 
 
 def test_region_noise_table_in_a_roi_matches_numpy(scene):
-    from SelfSupCTDenoiseLogic import regions
+    from SelfSupCTDenoiseSlicer import regions
 
     array, denoised, input_node, output_node, noise_node = _denoised_pair(scene, oblique_matrix())
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
@@ -779,7 +779,7 @@ def test_region_noise_table_in_a_roi_matches_numpy(scene):
 
 
 def test_region_noise_table_without_roi_finds_uniform_regions_and_shows_them(scene):
-    from SelfSupCTDenoiseLogic import regions
+    from SelfSupCTDenoiseSlicer import regions
 
     array, denoised, input_node, output_node, noise_node = _denoised_pair(scene)
     report, table = regions.regionNoiseTable(input_node, output_node, noise_node)
@@ -801,10 +801,10 @@ def test_panel_and_command_line_give_the_same_voxels_below_full_strength(scene, 
     (the worker hands back its strength-1 result unrounded; the panel blends it like the engine)."""
     import SimpleITK as sitk
 
-    from SelfSupCTDenoiseLib.config import AdaptConfig
-    from SelfSupCTDenoiseLib.phantom import noisy_pair
-    from SelfSupCTDenoiseLib.pipeline import denoise_file
-    from SelfSupCTDenoiseLogic import strength
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+    from SelfSupCTDenoiseLib.files.denoise_file import denoise_file
+    from SelfSupCTDenoiseSlicer import strength
 
     ldct, _ = noisy_pair(4, 48, 30.0, seed=6)
     array = np.round(ldct).astype(np.int16)
@@ -956,7 +956,7 @@ def test_gpu_detection_hides_the_console_on_windows(monkeypatch):
 def test_translated_texts_are_constant_strings():
     """`_()` looks a text up by its exact source: an f-string or a computed text is never translated
     (values go in with .format after the lookup)."""
-    for path in [MODULE_DIR / "SelfSupCTDenoise.py", *sorted((MODULE_DIR / "SelfSupCTDenoiseLogic").glob("*.py"))]:
+    for path in [MODULE_DIR / "SelfSupCTDenoise.py", *sorted((MODULE_DIR / "SelfSupCTDenoiseSlicer").glob("*.py"))]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("_", "tr", "translate"):
                 assert all(isinstance(arg, ast.Constant) and isinstance(arg.value, str) for arg in node.args), (
@@ -980,7 +980,7 @@ def test_module_help_names_the_paper(monkeypatch):
 
 def test_auto_bundle_is_paper_on_cuda_only_where_that_bundle_is_installed(tmp_path):
     """The panel and the command line pick the same bundle, and the panel says which."""
-    from SelfSupCTDenoiseLib.bundle import default_bundle_for_device
+    from SelfSupCTDenoiseLib.engine.bundle import default_bundle_for_device
 
     lite_only, both = tmp_path / "lite_only", tmp_path / "both"
     for folder, names in ((lite_only, ("lite",)), (both, ("lite", "paper"))):

@@ -31,7 +31,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "SelfSupCTDenoise"))
 
-from SelfSupCTDenoiseLib.phantom import noisy_pair  # noqa: E402
+from SelfSupCTDenoiseLib.data.phantom import noisy_pair  # noqa: E402
 
 START, END = "<!-- cohort-throughput -->", "<!-- /cohort-throughput -->"
 
@@ -92,7 +92,7 @@ def main() -> None:
             runs[workers] = {"wall_s": wall, **cohort_numbers(out / "cohort_events.jsonl")}
         load = max(load, os.getloadavg()[0])
         if args.screenshot:
-            from SelfSupCTDenoiseLib.qc_report import headless_chromium
+            from SelfSupCTDenoiseLib.cohort.report import headless_chromium
 
             (tmp / "in" / "unreadable.nrrd").write_text("not a volume")  # the report shows a failed row too
             subprocess.run([sys.executable, "-m", "SelfSupCTDenoiseLib", "cohort", str(tmp / "in"),

@@ -31,12 +31,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SelfSupCTDenoise"))
 
-from SelfSupCTDenoiseLib.bundle import Bundle, default_bundle_dir, load_bundle  # noqa: E402
-from SelfSupCTDenoiseLib.config import AdaptConfig  # noqa: E402
-from SelfSupCTDenoiseLib.inference import apply_slicewise  # noqa: E402
-from SelfSupCTDenoiseLib.metrics import psnr  # noqa: E402
-from SelfSupCTDenoiseLib.phantom import noisy_pair  # noqa: E402
-from SelfSupCTDenoiseLib.pipeline import denoise_array  # noqa: E402
+from SelfSupCTDenoiseLib.data.phantom import noisy_pair  # noqa: E402
+from SelfSupCTDenoiseLib.engine.bundle import Bundle, default_bundle_dir, load_bundle  # noqa: E402
+from SelfSupCTDenoiseLib.engine.config import AdaptConfig  # noqa: E402
+from SelfSupCTDenoiseLib.engine.inference import apply_slicewise  # noqa: E402
+from SelfSupCTDenoiseLib.engine.run import denoise_array  # noqa: E402
+from SelfSupCTDenoiseLib.quality.metrics import psnr  # noqa: E402
 
 
 def _synchronize(device: torch.device) -> None:
@@ -46,7 +46,7 @@ def _synchronize(device: torch.device) -> None:
 
 def bundles(args) -> Dict[str, Bundle]:
     """The shipped bundles to measure; a missing `paper` bundle is pre-trained here (quickly)."""
-    from SelfSupCTDenoiseLib.train import PretrainConfig, Subject, pretrain
+    from SelfSupCTDenoiseLib.engine.train import PretrainConfig, Subject, pretrain
 
     found: Dict[str, Bundle] = {str(path): load_bundle(path) for path in args.bundle}
     if found:
@@ -72,7 +72,7 @@ def volume_like_ct(slices: int, size: int) -> np.ndarray:
     """A CT-like test volume of the requested size: the demo sample's slices, tiled and cropped."""
     try:
         import SimpleITK as sitk
-        from SelfSupCTDenoiseLib.datasets import sample_paths
+        from SelfSupCTDenoiseLib.data.dataset import sample_paths
 
         sample = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_paths()["ldct"]))).astype(np.float32)
     except Exception:  # noqa: BLE001 - the sample is optional for the timing part
@@ -87,7 +87,7 @@ def click_to_result(bundle: Bundle, volume: np.ndarray, config: AdaptConfig, dev
         torch.cuda.reset_peak_memory_stats(device)
     _synchronize(device)
     start = time.perf_counter()
-    result = denoise_array(volume, (1.0, 1.0, 1.0), bundle, config)
+    result = denoise_array(volume, bundle, config)
     _synchronize(device)
     return {"seconds": time.perf_counter() - start, "shape": list(volume.shape), "steps": config.steps,
             "peak_gpu_gib": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None),
@@ -106,9 +106,9 @@ def psnr_vs_steps(bundle: Bundle, ldct: np.ndarray, reference: np.ndarray, check
             out = apply_slicewise(model, ldct, config.infer_batch, to_input=norm.to_model, from_output=norm.to_hu)
             scores[str(step)] = psnr(out, reference)
 
-    pretrained = denoise_array(ldct, (1.0, 1.0, 1.0), bundle, config.with_(steps=0))
+    pretrained = denoise_array(ldct, bundle, config.with_(steps=0))
     scores["0"] = psnr(pretrained.denoised, reference)
-    denoise_array(ldct, (1.0, 1.0, 1.0), bundle, config.with_(steps=max(checkpoints), guard=False),
+    denoise_array(ldct, bundle, config.with_(steps=max(checkpoints), guard=False),
                   on_teacher_update=record)
     return scores
 
@@ -154,7 +154,7 @@ def main(argv=None) -> Dict[str, Any]:
     report: Dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "torch": torch.__version__, "bundles": {}}
     volume = volume_like_ct(slices, size)
-    from SelfSupCTDenoiseLib.datasets import sample_paths
+    from SelfSupCTDenoiseLib.data.dataset import sample_paths
     import SimpleITK as sitk
 
     paths = sample_paths()

@@ -3,7 +3,7 @@
     python benchmarks/speed.py [--sizes 16,100,300] [--repeats 3] [--out docs/SPEED.md]
 
 1. The product path. For each size N a 512x512xN int16 chest CT is assembled from the shipped sample
-   (`build_volume`) and denoised by `pipeline.denoise_file` with a noise map (what `selfsupctdenoise
+   (`build_volume`) and denoised by `files.denoise_file` with a noise map (what `selfsupctdenoise
    denoise IN OUT --noise-map NM` runs), shipped lite bundle, default settings, in a fresh process. That
    process times each phase and, just before and just after the run with the same threads, the network alone:
    the floor = steps x (teacher forward + student forward/backward + Adam on 16 random 64x64 patches)
@@ -37,6 +37,13 @@ STARTED = time.perf_counter()
 ENGINE = Path(__file__).resolve().parents[1] / "SelfSupCTDenoise"
 #: In an existing report, `--out` replaces only what follows this line.
 MARKER = "<!-- benchmarks/speed.py writes below this line -->"
+#: The modules the benchmark uses, by role: where they are now, and in the flat layout of engines
+#: before the regrouping (#15), so that `--package` can measure an older copy.
+MODULES = {"adapt": ("engine.adapt", "adapt"), "inference": ("engine.inference", "inference"),
+           "pseudo": ("engine.pseudo", "pseudo"), "run": ("engine.run", "pipeline"),
+           "files": ("files.denoise_file", "pipeline"), "config": ("engine.config", "config"),
+           "bundle": ("engine.bundle", "bundle"), "redcnn": ("engine.networks.redcnn", "networks.redcnn"),
+           "dataset": ("data.dataset", "datasets")}
 PHASES = ("startup", "reading", "estimate", "pseudo-noise", "adaptation", "guard", "inference", "writing", "other")
 
 
@@ -47,9 +54,7 @@ def build_volume(slices: int):
     import SimpleITK as sitk
     from scipy import ndimage
 
-    from SelfSupCTDenoiseLib.datasets import sample_paths
-
-    sample = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_paths()["ldct"]))).astype(np.float32)
+    sample = sitk.GetArrayFromImage(sitk.ReadImage(str(engine("dataset").sample_paths()["ldct"]))).astype(np.float32)
     zoomed = ndimage.zoom(sample, (1, 2, 2), order=1)
     canvas = -1000.0 + 20.0 * np.random.default_rng(0).standard_normal((len(sample), 512, 512))
     y0, x0 = (512 - zoomed.shape[1]) // 2, (512 - zoomed.shape[2]) // 2
@@ -60,11 +65,23 @@ def build_volume(slices: int):
     return np.rint(canvas[index]).astype(np.int16), (0.75, 0.75, 1.5)
 
 
+def engine(role: str):
+    """The engine module playing `role` (MODULES) in the package being measured."""
+    import importlib
+
+    for name in MODULES[role]:
+        try:
+            return importlib.import_module(f"SelfSupCTDenoiseLib.{name}")
+        except ModuleNotFoundError:
+            continue
+    raise ModuleNotFoundError(f"no {role} module in SelfSupCTDenoiseLib")
+
+
 def run_child(volume_path: Path, slices: int, bundle: str, repeats: int) -> Dict[str, Any]:
     """One `denoise` run with phase times, and the network-only floor (in this fresh process)."""
-    from SelfSupCTDenoiseLib import adapt as adapt_module, inference, pipeline, pseudo
-    from SelfSupCTDenoiseLib.config import AdaptConfig
-    from SelfSupCTDenoiseLib.networks.redcnn import RedCNN
+    adapt_module, inference, pseudo, run = (engine(role) for role in ("adapt", "inference", "pseudo", "run"))
+    AdaptConfig, RedCNN = engine("config").AdaptConfig, engine("redcnn").RedCNN
+    denoise_file_module = engine("files")
 
     seconds = dict.fromkeys(PHASES, 0.0)
     seconds["startup"] = time.perf_counter() - STARTED
@@ -100,10 +117,10 @@ def run_child(volume_path: Path, slices: int, bundle: str, repeats: int) -> Dict
             return "pseudo-noise"
         return "inference" if len(volume) == slices else "guard"
 
-    timed(pipeline, "read_volume", fixed("reading"))
-    timed(pipeline, "load_bundle", fixed("reading"))
-    timed(pipeline, "estimate_input_noise", fixed("estimate"))
-    timed(pipeline, "prepare_pseudo_pairs", fixed("pseudo-noise"))
+    timed(denoise_file_module, "read_volume", fixed("reading"))
+    timed(denoise_file_module, "load_bundle", fixed("reading"))
+    timed(run, "estimate_input_noise", fixed("estimate"))
+    timed(run, "prepare_pseudo_pairs", fixed("pseudo-noise"))
     timed(pseudo.PseudoNoiseSource, "draw", fixed("pseudo-noise"))
     timed(adapt_module.PatchSampler, "sample", fixed("pseudo-noise"))
     timed(adapt_module, "adapt", fixed("adaptation"))
@@ -148,7 +165,7 @@ def run_child(volume_path: Path, slices: int, bundle: str, repeats: int) -> Dict
     load = os.getloadavg()[0]
     start = time.perf_counter()
     out = volume_path.with_name(f"out_{slices}.nrrd")
-    info = pipeline.denoise_file(volume_path, out, volume_path.with_name(f"noise_{slices}.nrrd"),
+    info = denoise_file_module.denoise_file(volume_path, out, volume_path.with_name(f"noise_{slices}.nrrd"),
                                  bundle or None, AdaptConfig(), progress=progress)
     end = time.perf_counter()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
@@ -174,11 +191,8 @@ def network_floor(bundle: str, repeats: int):
     forward, the student's forward and backward and Adam's step on 16 random 64x64 patches."""
     import torch
 
-    from SelfSupCTDenoiseLib import inference
-    from SelfSupCTDenoiseLib.bundle import load_bundle
-    from SelfSupCTDenoiseLib.config import AdaptConfig
-
-    config = AdaptConfig()
+    inference, load_bundle = engine("inference"), engine("bundle").load_bundle
+    config = engine("config").AdaptConfig()
     loaded = load_bundle(bundle or None)
     layout = getattr(inference, "cpu_layout", lambda m: m)  # older engines: the default layout
     threads = getattr(inference, "torch_threads", lambda requested: contextlib.nullcontext())
@@ -229,10 +243,10 @@ def network_rows(device_name: str, repeats: int, batch_size: int):
     """Part 2: per profile, seconds per slice forward, per adaptation step, per noise-model forward."""
     import torch
 
-    from SelfSupCTDenoiseLib import inference
-    from SelfSupCTDenoiseLib.config import PROFILES
-    from SelfSupCTDenoiseLib.networks.redcnn import RedCNN
-    from SelfSupCTDenoiseLib.networks.unet import UNet
+    from SelfSupCTDenoiseLib.engine import inference
+    from SelfSupCTDenoiseLib.engine.config import PROFILES
+    from SelfSupCTDenoiseLib.engine.networks.redcnn import RedCNN
+    from SelfSupCTDenoiseLib.engine.networks.unet import UNet
 
     device = torch.device(device_name)
     layout = getattr(inference, "cpu_layout", lambda m: m)

@@ -8,6 +8,6 @@
 - `events`: the JSON-lines event log and the terminal progress of the whole cohort;
 - `scheduler`: Ray: starting or joining a cluster safely, one task per volume, retries, Ctrl-C.
 
-The HTML page is `qc_report.py`; the command is `commands/cohort.py`. Ray is an optional extra
+The HTML page is `report.py`; the command is `commands/cohort.py`. Ray is an optional extra
 (`pip install "selfsupctdenoise[cohort]"`): nothing here imports it until a cohort is run on it.
 """

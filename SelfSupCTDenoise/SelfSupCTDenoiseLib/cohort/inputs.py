@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..config import AdaptConfig
+from ..engine.config import AdaptConfig
+from ..engine.strength import resolve_strength
 from ..errors import InputError
-from ..quality import resolve_strength
 
 LIST_SUFFIXES = (".txt", ".list", ".lst")
 MANIFEST_SUFFIX = ".csv"
@@ -116,7 +116,7 @@ def read_cohort(inputs: Sequence[Path], out: Path, config: AdaptConfig, noise_ma
     """Every volume of the cohort with its output paths and settings (the command line's `config`,
     changed by its manifest row). Missing or unreadable volumes are kept: they fail as tasks, and the
     run reports them, like the serial batch."""
-    from ..commands.denoise import _dicom_names, batch_jobs, batch_noise_map, expand_inputs
+    from ..files.batch import batch_jobs, batch_noise_map, dicom_names, expand_inputs
 
     sources: List[Path] = []
     names: List[Optional[str]] = []
@@ -146,7 +146,7 @@ def read_cohort(inputs: Sequence[Path], out: Path, config: AdaptConfig, noise_ma
     options = [options[i] for i in unique.values()]
     jobs = batch_jobs(list(unique), Path(out).absolute(), names)
     if dicom_out:
-        jobs = _dicom_names(jobs)
+        jobs = dicom_names(jobs)
     volumes = []
     for index, ((source, target), row) in enumerate(zip(jobs, options)):
         try:

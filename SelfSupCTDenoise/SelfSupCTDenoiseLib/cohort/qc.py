@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..bundle import sha256_file
-from ..figures import SOFT_TISSUE
-from ..provenance import read_sidecar, sidecar_path
+from ..bench.figures import SOFT_TISSUE
+from ..engine.bundle import sha256_file
+from ..files.provenance_io import read_sidecar, sidecar_path
 
 QC_FOLDER = "qc"
 #: Noise maps are shown from -NOISE_RANGE_HU (blue) through 0 (white) to +NOISE_RANGE_HU (red), as in
@@ -96,9 +96,9 @@ def measure(source: Path, target: Path, record: Dict[str, Any]) -> Tuple[Dict[st
     """(QC numbers, full-size strip, thumbnail strip) of an output against its input."""
     import SimpleITK as sitk
 
-    from ..io import read_volume
-    from ..noise_level import describe_run_estimate
-    from ..trust import trust_report
+    from ..engine.noise_level import describe_run_estimate
+    from ..files.volumes import read_volume
+    from ..quality.trust import trust_report
 
     image = read_volume(source)
     input_hu = sitk.GetArrayFromImage(image).astype(np.float32)

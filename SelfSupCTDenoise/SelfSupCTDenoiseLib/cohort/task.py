@@ -1,9 +1,9 @@
 """What a worker does for one volume of a cohort (plain Python: the scheduler runs it as a Ray task).
 
-The volume is denoised by `pipeline.denoise_file` into a private folder next to the outputs (where
+The volume is denoised by `files.denoise_file` into a private folder next to the outputs (where
 it is written, read back and verified), then the finished files are renamed into place, the sidecar
 last. Neither the private folder nor anything else a task puts in OUTDIR is named like the engine's
-temporaries (`io.TEMP_PREFIX`): every `denoise_file` call removes those it finds in its output folder
+temporaries (`files.volumes.TEMP_PREFIX`): every `denoise_file` call removes those it finds in its output folder
 (left by killed runs), which would take away the files of another task writing next to it. A killed
 task leaves its private folder behind, never a file under an output's name; the scheduler removes
 the private folders of its run when it ends.
@@ -40,7 +40,7 @@ def volume_spec(volume, run_id: str, bundle: Optional[Path], bundle_sha256: Opti
 def _bundle_on_this_worker(spec: Dict[str, Any], device_type: str) -> Path:
     """The bundle to use here; the default one is resolved on the worker (installed with the package),
     and must be the one the driver checked the resume rule against."""
-    from ..bundle import MANIFEST, default_bundle_for_device, sha256_file
+    from ..engine.bundle import MANIFEST, default_bundle_for_device, sha256_file
 
     bundle = Path(spec["bundle"]) if spec["bundle"] else default_bundle_for_device(device_type)
     expected = spec["bundle_sha256"]
@@ -52,12 +52,12 @@ def _bundle_on_this_worker(spec: Dict[str, Any], device_type: str) -> Path:
 
 
 def _denoise_staged(spec: Dict[str, Any], report: Report) -> Dict[str, Any]:
-    from ..config import AdaptConfig
-    from ..inference import resolve_device
-    from ..io import check_output_path
-    from ..pipeline import denoise_file
-    from ..progress import ProgressEvent
-    from ..provenance import sidecar_path
+    from ..engine.config import AdaptConfig
+    from ..engine.inference import resolve_device
+    from ..engine.progress import ProgressEvent
+    from ..files.denoise_file import denoise_file
+    from ..files.provenance_io import sidecar_path
+    from ..files.volumes import check_output_path
 
     config = AdaptConfig.from_dict(spec["config"])
     source, target = Path(spec["source"]), Path(spec["target"])

@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..benchmark import merge_results, run_benchmark, write_report
-    from ..bundle import default_bundle_dir, load_bundle
+    from ..bench.benchmark import merge_results, run_benchmark, write_report
+    from ..engine.bundle import default_bundle_dir, load_bundle
 
     if args.merge:
         results = merge_results([json.loads(p.read_text(encoding="utf-8")) for p in args.merge])

@@ -11,7 +11,7 @@ HELP = "insert faint discs into the held-out subjects and measure contrast retai
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..lesion_benchmark import TAGS
+    from ..bench.lesion_benchmark import TAGS
 
     parser.add_argument("--dataset", type=Path, default=Path("data/sim"))
     parser.add_argument("--bundle", type=Path, help="N2C bundle [shipped lite]")
@@ -34,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..bundle import default_bundle_dir, load_bundle
+    from ..bench.lesion_benchmark import merge_lesion_results, run_lesion_benchmark, write_lesion_report
+    from ..engine.bundle import default_bundle_dir, load_bundle
     from ..errors import InputError
-    from ..lesion_benchmark import merge_lesion_results, run_lesion_benchmark, write_lesion_report
 
     name = "benchmark-lesions"
     command = (f"selfsupctdenoise {name} " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index(name) + 1:])

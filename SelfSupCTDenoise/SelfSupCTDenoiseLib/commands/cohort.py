@@ -92,12 +92,12 @@ def _local_gpus() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundle import MANIFEST, default_bundle_for_device, sha256_file
     from ..cohort.events import CohortProgress, EventLog
     from ..cohort.inputs import read_cohort
     from ..cohort.qc import read_qc
     from ..cohort.scheduler import check_resources, ray_cluster, run_tasks
     from ..cohort.task import remove_staging, volume_spec
+    from ..engine.bundle import MANIFEST, default_bundle_for_device, sha256_file
 
     if args.address is not None and args.workers is not None:
         raise InputError("--workers sizes a local Ray; a cluster (--address) has the workers it has.")
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                 progress.close()
         remove_staging(out, run_id)
         rows = _report_rows(volumes, complete, outcomes, read_qc)
-        from ..qc_report import write_report
+        from ..cohort.report import write_report
 
         report = write_report(out, rows, title=f"Cohort QC: {out.name}",
                               details={"settings": f"steps {config.steps}, strength {config.strength:g}, "

@@ -23,18 +23,19 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from ..bundle import default_bundle_for_device, load_bundle
-    from ..config import AdaptConfig
-    from ..console import TqdmProgress
-    from ..datasets import sample_paths
-    from ..figures import side_by_side
-    from ..inference import resolve_device
-    from ..io import image_like, read_volume, write_volume
-    from ..metrics import compare
-    from ..noise_level import describe_run_estimate
-    from ..pipeline import denoise_array
-    from ..provenance import set_image_fields, write_sidecar
-    from ..quality import cast_like_input, uniform_tissue_mask
+    from ..bench.figures import side_by_side
+    from ..data.dataset import sample_paths
+    from ..engine.bundle import default_bundle_for_device, load_bundle
+    from ..engine.config import AdaptConfig
+    from ..engine.inference import resolve_device
+    from ..engine.noise_level import describe_run_estimate
+    from ..engine.run import denoise_array
+    from ..engine.strength import cast_like_input
+    from ..files.provenance_io import set_image_fields, write_sidecar
+    from ..files.volumes import image_like, read_volume, write_volume
+    from ..quality.metrics import compare
+    from ..quality.regions import uniform_tissue_mask
+    from .console import TqdmProgress
 
     paths = sample_paths()
     config = AdaptConfig(device=args.device, **({"steps": args.steps} if args.steps is not None else {}))
@@ -45,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"sample: {paths['ldct'].name} {image.GetSize()} voxels, spacing {image.GetSpacing()} mm; "
           f"bundle: {bundle.name} ({bundle.profile.name}); {config.steps} adaptation steps")
     progress = TqdmProgress()
-    pretrained = denoise_array(ldct, image.GetSpacing(), bundle, config.with_(steps=0))
-    result = denoise_array(ldct, image.GetSpacing(), bundle, config, progress)
+    pretrained = denoise_array(ldct, bundle, config.with_(steps=0))
+    result = denoise_array(ldct, bundle, config, progress)
     progress.close()
     args.out.mkdir(parents=True, exist_ok=True)
     outputs = {"denoised": args.out / "sample_denoised.nrrd", "noise map": args.out / "sample_noise_map.nrrd"}
@@ -101,8 +102,8 @@ def classical_filters(ldct, spacing, bundle, config):
     adaptation uses, where the optional bm3d package is installed (free for non-commercial use only)."""
     import time
 
-    from ..benchmark import anisotropic_diffusion, bm3d_with_psd
-    from ..pipeline import estimate_input_noise
+    from ..bench.benchmark import anisotropic_diffusion, bm3d_with_psd
+    from ..engine.run import estimate_input_noise
 
     context = {"spacing": spacing, "bundle": bundle, "estimate": estimate_input_noise(ldct, bundle, config)}
     rows = []

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..config import AdaptConfig
+from ..engine.config import AdaptConfig
+from ..engine.noise_level import describe_run_estimate
 from ..errors import Cancelled, InputError, SelfSupCTDenoiseError
-from ..io import VOLUME_SUFFIXES, _suffix, check_folder_writable
-from ..noise_level import describe_run_estimate
-from ..provenance import read_sidecar, sidecar_path
+from ..files.batch import batch_jobs, batch_noise_map, dicom_names, expand_inputs
+from ..files.provenance_io import read_sidecar, sidecar_path
+from ..files.volumes import VOLUME_SUFFIXES, check_folder_writable, is_dicom_folder, stem, volume_suffix
 from .options import add_adapt_arguments, config_from_args
 
 HELP = "denoise a CT volume (NRRD, NIfTI, MHA or a DICOM series folder), or a batch of them"
@@ -44,67 +45,15 @@ def plan(paths: List[Path]) -> Tuple[List[Tuple[Path, Path]], bool]:
     if len(paths) < 2:
         raise SelfSupCTDenoiseError("Give an input and an output: denoise IN OUT, or denoise IN... OUTDIR.")
     *inputs, out = paths
-    single = len(inputs) == 1 and not (inputs[0].is_dir() and not _is_dicom_dir(inputs[0])) and not out.is_dir()
+    single = len(inputs) == 1 and not (inputs[0].is_dir() and not is_dicom_folder(inputs[0])) and not out.is_dir()
     if single:
         return [(inputs[0], out)], False
     if out.exists() and not out.is_dir():
         raise SelfSupCTDenoiseError(f"For several inputs the output must be a folder; {out} is a file.")
-    if not out.exists() and _suffix(out) in VOLUME_SUFFIXES:  # would become a folder named like a file
+    if not out.exists() and volume_suffix(out) in VOLUME_SUFFIXES:  # would become a folder named like a file
         raise InputError(f"A folder input or several inputs need an output folder, and {out.name} is a volume "
-                         f"file name: give a folder (e.g. {out.with_name(_stem(out))}).")
+                         f"file name: give a folder (e.g. {out.with_name(stem(out))}).")
     return batch_jobs(expand_inputs(inputs), out), True
-
-
-def expand_inputs(inputs: List[Path]) -> List[Path]:
-    """A folder that is not a DICOM series stands for the volumes and DICOM series folders it holds."""
-    expanded: List[Path] = []
-    for item in inputs:
-        if item.is_dir() and not _is_dicom_dir(item):
-            found = sorted(p for p in item.iterdir() if _suffix(p) in VOLUME_SUFFIXES or _is_dicom_dir(p))
-            if not found:
-                raise InputError(f"no volumes found in {item} (looked for {', '.join(VOLUME_SUFFIXES)} files and "
-                                 "DICOM series folders).")
-            expanded += found
-        else:
-            expanded.append(item)
-    return expanded
-
-
-def batch_jobs(sources: List[Path], out: Path, names: Optional[List[Optional[str]]] = None
-               ) -> List[Tuple[Path, Path]]:
-    """(input, output) pairs of a batch: OUTDIR/<input name>_denoised.nrrd, or OUTDIR/<name> where `names`
-    gives one. Two inputs that would write the same output are refused (the second would be taken
-    for already complete, or overwrite the first); an input given twice is done once."""
-    jobs: List[Tuple[Path, Path]] = []
-    first: Dict[str, Path] = {}
-    for source, name in zip(sources, names or [None] * len(sources)):
-        target = out / (name or f"{_stem(source)}_denoised.nrrd")
-        key = _stem(target).lower()  # a DICOM output drops the suffix; case-insensitive file systems
-        if key in first and first[key] != source:
-            raise InputError(f"{first[key]} and {source} would both be written to {target.name} in {out}: "
-                             "rename one, or process them into separate output folders.")
-        if key not in first:
-            first[key] = source
-            jobs.append((source, target))
-    return jobs
-
-
-def _dicom_names(jobs: List[Tuple[Path, Path]]) -> List[Tuple[Path, Path]]:
-    """With --dicom-out a batch writes a folder per series instead of an NRRD file."""
-    return [(source, target.with_suffix("")) for source, target in jobs]
-
-
-def _is_dicom_dir(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    import SimpleITK as sitk
-
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
-
-
-def _stem(path: Path) -> str:
-    suffix = _suffix(path)
-    return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
 
 
 #: Parameters that do not change the result: a rerun that differs only in them skips complete outputs.
@@ -134,11 +83,6 @@ def _complete(target: Path) -> Optional[Dict[str, Any]]:
         return read_sidecar(target)
     except InputError:
         return None  # damaged sidecar: the output is redone
-
-
-def batch_noise_map(target: Path) -> Path:
-    """Where a batch writes the noise map of `target` (--noise-maps)."""
-    return target.with_name(target.name.replace("_denoised", "_noise_map"))
 
 
 def prepare_batch_folder(folder: Path) -> None:
@@ -182,22 +126,22 @@ def _stamp(path: Path) -> Optional[Tuple[int, int]]:
 
 
 def _bundle_sha256(bundle: Path) -> Optional[str]:
-    from ..bundle import sha256_file
+    from ..engine.bundle import sha256_file
 
     manifest = Path(bundle) / "manifest.json"
     return sha256_file(manifest) if manifest.is_file() else None
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..console import TqdmProgress
-    from ..inference import resolve_device
-    from ..bundle import default_bundle_for_device
-    from ..pipeline import denoise_file
+    from ..engine.bundle import default_bundle_for_device
+    from ..engine.inference import resolve_device
+    from ..files.denoise_file import denoise_file
+    from .console import TqdmProgress
 
     config = config_from_args(args)
     jobs, batch = plan(args.paths)
     if batch and args.dicom_out:
-        jobs = _dicom_names(jobs)
+        jobs = dicom_names(jobs)
     bundle = args.bundle or default_bundle_for_device(resolve_device(config.device).type)
     noise_maps = [(batch_noise_map(target) if batch and args.noise_maps else (None if batch else args.noise_map))
                   for _, target in jobs]

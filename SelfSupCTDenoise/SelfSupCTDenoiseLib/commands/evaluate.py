@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from ..io import read_volume
-    from ..metrics import compare
-    from ..trust import format_report, trust_report
+    from ..files.volumes import read_volume
+    from ..quality.metrics import compare
+    from ..quality.trust import format_report, trust_report
 
     pairs = [(image, args.reference) for image in args.images] + [tuple(p) for p in args.pair]
     if not pairs or any(ref is None for _, ref in pairs):

@@ -27,14 +27,14 @@ def run(args: argparse.Namespace) -> int:
 
     import SimpleITK as sitk
 
-    from ..bundle import default_bundle_dir, load_bundle
-    from ..config import AdaptConfig
+    from ..engine.bundle import default_bundle_dir, load_bundle
+    from ..engine.config import AdaptConfig
+    from ..engine.noise_level import describe_estimate
+    from ..engine.run import estimate_input_noise
     from ..errors import InputError
-    from ..io import read_volume
-    from ..noise_level import describe_estimate
-    from ..pipeline import estimate_input_noise
-    from ..quality import parse_box
-    from ..trust import format_report, trust_report
+    from ..files.volumes import read_volume
+    from ..quality.regions import parse_box
+    from ..quality.trust import format_report, trust_report
 
     if args.output is None and args.region:
         raise InputError("--region needs the denoised output as the second argument.")

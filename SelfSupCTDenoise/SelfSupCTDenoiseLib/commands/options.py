@@ -10,12 +10,12 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import AUGMENT, DEVICES, NOISE_LEVEL, PSEUDO_NOISE, AdaptConfig
+from ..engine.config import AUGMENT, DEVICES, NOISE_LEVEL, PSEUDO_NOISE, AdaptConfig
 from ..errors import InputError
 
 
 def parse_strength(text: str) -> float:
-    from ..quality import resolve_strength
+    from ..engine.strength import resolve_strength
 
     try:
         return resolve_strength(text)

@@ -34,17 +34,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _licence(key: str, entry: dict) -> str:
-    """The image licence of a dataset subject: the code's record (datasets.SUBJECTS) wins over a
+    """The image licence of a dataset subject: the code's record (data.sources.SUBJECTS) wins over a
     dataset manifest written before image licences were recorded apart from package licences."""
-    from ..datasets import SUBJECTS
+    from ..data.sources import SUBJECTS
 
     known = {s.key: s.licence for s in SUBJECTS}
     return known.get(key) or entry.get("licence") or "unknown"
 
 
-def subjects_from_args(args: argparse.Namespace):
-    from ..train import load_subject
+def load_subject(name: str, ldct_path, ndct_path, ldct_b_path=None, licence: str = "unknown"):
+    """One training subject (`engine.train.Subject`) read from its LDCT, NDCT and optional second LDCT files."""
+    import numpy as np
+    import SimpleITK as sitk
 
+    from ..engine.train import Subject
+    from ..files.volumes import read_volume
+
+    def array(path):
+        return sitk.GetArrayFromImage(read_volume(path)).astype(np.float32)
+
+    ldct, ndct = array(ldct_path), array(ndct_path)
+    if ldct.shape != ndct.shape:
+        raise InputError(f"Subject {name}: LDCT {ldct.shape} and NDCT {ndct.shape} differ in size.")
+    ldct_b = array(ldct_b_path) if ldct_b_path else None
+    files = {"ldct": str(ldct_path), "ndct": str(ndct_path), **({"ldct_b": str(ldct_b_path)} if ldct_b_path else {})}
+    return Subject(name, ldct, ndct, ldct_b, files, licence)
+
+
+def subjects_from_args(args: argparse.Namespace):
     subjects = []
     for index, paths in enumerate(args.pair):
         if len(paths) not in (2, 3):
@@ -77,8 +94,8 @@ def subjects_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..console import TqdmProgress
-    from ..train import PretrainConfig, pretrain
+    from ..engine.train import PretrainConfig, pretrain
+    from .console import TqdmProgress
 
     config = PretrainConfig(profile=args.profile, method=args.method, denoiser_steps=args.denoiser_steps,
                             noise_model_steps=args.noise_model_steps, batch_size=args.batch_size,

@@ -11,9 +11,9 @@ HELP = ("build paired low-dose/normal-dose CT (projection-domain noise insertion
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..datasets import (DEFAULT_MAX_SLICES, DEFAULT_OUT, DEFAULT_TAGS, DOSE_REFERENCES, QUICK_MAX_SLICES,
-                            SUBJECTS)
-    from ..lowdose import DEFAULT_I0_FULL, DEFAULT_SIGMA_E
+    from ..data.dataset import DEFAULT_MAX_SLICES, DEFAULT_OUT, DEFAULT_TAGS, DOSE_REFERENCES, QUICK_MAX_SLICES
+    from ..data.lowdose import DEFAULT_I0_FULL, DEFAULT_SIGMA_E
+    from ..data.sources import SUBJECTS
 
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"dataset folder [{DEFAULT_OUT}]")
     parser.add_argument("--cache", type=Path, default=None,
@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..datasets import SUBJECTS, BuildOptions, build_dataset, summary_table, write_nps_plot, write_sample
+    from ..data.dataset import BuildOptions, build_dataset, summary_table, write_sample
+    from ..data.nps_plot import write_nps_plot
+    from ..data.sources import SUBJECTS
     from ..errors import InputError
 
     if args.max_slices is not None and args.max_slices < 1:

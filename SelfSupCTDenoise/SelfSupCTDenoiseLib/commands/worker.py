@@ -132,8 +132,8 @@ def _remove_outputs(request: Dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imports that need nothing heavy first: an unreadable request must not wait for torch.
+    from ..engine.progress import CancelToken
     from ..errors import BundleError, Cancelled, InputError
-    from ..progress import CancelToken
 
     try:
         request = read_request(args.request)
@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         import torch  # noqa: F401 - fail early, and clearly, when torch is missing
-        from ..config import AdaptConfig
-        from ..pipeline import denoise_file
+        from ..engine.config import AdaptConfig
+        from ..files.denoise_file import denoise_file
 
         config = AdaptConfig.from_dict(request.get("config") or {})
         info = denoise_file(request["input"], request["output"], request.get("noise_map"),

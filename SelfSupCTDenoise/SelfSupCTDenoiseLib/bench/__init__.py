@@ -1,0 +1,1 @@
+"""Benchmarks: methods compared, the faint-lesion benchmark and its observer, and figures."""
