@@ -403,7 +403,7 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
         "structure in the removed part (see README; > 0.3 = removes detail). Tags: d25 = quarter dose (the "
         "training dose), d12/d50 = unseen doses, ramlak = another reconstruction filter. Protocol `ndct`: "
         "reference = the real NDCT (noisy itself); `clean`: reference = the NDCT denoised by methods that are "
-        "not rows here (mean of 3D non-local means and 3D total variation, clean_reference.py) with the low "
+        "not rows here (mean of 3D non-local means and 3D total variation, data/clean_reference.py) with the low "
         "dose simulated from it. PSNR edges: PSNR soft over the reference's strongest edges only (per slice "
         "the top tenth of the body's gradient): smoothing cannot win it.", "",
         "Bundles: " + "; ".join(f"{k.upper()} `{os.path.relpath(b['path'])}` ({b['profile']}, manifest sha256 {b['sha256'][:12]})"
