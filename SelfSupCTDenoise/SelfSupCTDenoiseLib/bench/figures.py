@@ -23,7 +23,7 @@ def side_by_side(panels: Sequence[Tuple[str, np.ndarray, str]], path: Path, titl
 
     columns = columns or len(panels)
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(panel_inches * columns, (panel_inches + 0.3) * rows + 0.1),
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_inches * columns, (panel_inches + 0.5) * rows + 0.2),
                              squeeze=False)
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
@@ -39,7 +39,7 @@ def side_by_side(panels: Sequence[Tuple[str, np.ndarray, str]], path: Path, titl
         fig.suptitle(title, fontsize=10)
     if caption:
         fig.text(0.5, 0.01, caption, ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1), h_pad=1.5)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
