@@ -409,9 +409,13 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
         "Bundles: " + "; ".join(f"{k.upper()} `{os.path.relpath(b['path'])}` ({b['profile']}, manifest sha256 {b['sha256'][:12]})"
                                  for k, b in meta["bundles"].items()) + ".", ""]
     if meta.get("seconds_per_part"):
-        lines += [f"Run as {len(meta['seconds_per_part'])} parts in parallel (one torch thread each, sharing a "
-                  f"2-core machine; wall time per part: {', '.join(f'{s / 60:.0f} min' for s in meta['seconds_per_part'])}), "
-                  "merged with `selfsupctdenoise benchmark --merge`: the s/volume column includes that sharing.", ""]
+        parts = meta["seconds_per_part"]
+        minutes = ", ".join(f"{s / 60:.0f} min" for s in parts)
+        lines += [(f"Run as {len(parts)} parts in parallel (one torch thread each, sharing a 2-core machine; wall "
+                   f"time per part: {minutes}), merged" if len(parts) > 1 else
+                   f"Run as one part (one torch thread, on a 2-core machine shared with other jobs; wall time "
+                   f"{minutes}), written") + " with `selfsupctdenoise benchmark --merge`: the s/volume column "
+                  "includes that sharing.", ""]
     for protocol in meta["protocols"]:
         for tag in meta["tags"]:
             subset = [r for r in rows if r["protocol"] == protocol and r["tag"] == tag]
