@@ -111,3 +111,27 @@ def test_licence_rule_refuses_non_commercial_and_unknown():
     assert redistributable("Apache-2.0") and redistributable("CC BY 3.0") and redistributable("BSD-3-Clause")
     assert not redistributable("CC BY-NC-SA 4.0 (CQ500; file in MIT-licensed pydicom-data)")
     assert not redistributable("CC BY-ND 4.0") and not redistributable("unknown") and not redistributable("")
+
+
+@pytest.mark.parametrize("name", ["lite", "paper"])
+def test_shipped_bundle_loads_verified_and_denoises_a_phantom(name):
+    """Both shipped bundles load (every checksum verified), have the profile their folder names, and
+    lower the noise of a noisy phantom slice without shifting its mean; `auto` picks paper on CUDA."""
+    import numpy as np
+
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.engine.bundle import default_bundle_for_device, models_dir
+
+    bundle = load_bundle(models_dir() / name)
+    assert bundle.profile.name == name
+    ldct, ndct = noisy_pair(1, 96, 25.0, seed=4)
+    norm = bundle.normalization
+    with torch.no_grad():
+        out = norm.to_hu(bundle.build_denoiser(torch.device("cpu"))(
+            torch.from_numpy(norm.to_model(ldct))[:, None]).numpy()[:, 0])
+    body = ndct > 0
+    assert np.isfinite(out).all()
+    assert np.std((out - ndct)[body]) < 0.7 * np.std((ldct - ndct)[body])
+    assert abs(float(np.mean((out - ndct)[body]))) < 5
+    assert default_bundle_for_device("cuda") == models_dir() / "paper"
+    assert default_bundle_for_device("cpu") == models_dir() / "lite"
