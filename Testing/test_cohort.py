@@ -27,7 +27,7 @@ from SelfSupCTDenoiseLib.files.provenance_io import read_sidecar, sidecar_path
 
 FAST = ["--steps", "5", "--period", "5", "--batch-size", "4", "--patch-size", "32", "--threads", "1", "--quiet"]
 #: The volume whose worker is killed: adapting long enough to be caught mid-run.
-VICTIM, VICTIM_STEPS = "case3.nrrd", 150
+VICTIM, VICTIM_STEPS = "case3.nrrd", 600  # long enough to be caught adapting on a busy machine
 GOOD = [f"case{i}.nrrd" for i in range(8)]
 
 
