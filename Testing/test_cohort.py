@@ -27,7 +27,7 @@ from SelfSupCTDenoiseLib.files.provenance_io import read_sidecar, sidecar_path
 
 FAST = ["--steps", "5", "--period", "5", "--batch-size", "4", "--patch-size", "32", "--threads", "1", "--quiet"]
 #: The volume whose worker is killed: adapting long enough to be caught mid-run.
-VICTIM, VICTIM_STEPS = "case3.nrrd", 600  # long enough to be caught adapting on a busy machine
+VICTIM, VICTIM_STEPS = "case3.nrrd", 150
 GOOD = [f"case{i}.nrrd" for i in range(8)]
 
 
@@ -356,7 +356,7 @@ def test_ctrl_c_cancels_the_rest_and_keeps_finished_outputs(ray_session, tiny_bu
     thread = threading.Thread(target=interrupt, daemon=True)
     thread.start()
     # the first volume adapts briefly, the others long enough to be still running at the Ctrl+C
-    (tmp_path / "in" / "c.csv").write_text("path,steps\nv0.nrrd,2\nv1.nrrd,4000\nv2.nrrd,4000\nv3.nrrd,4000\n")
+    (tmp_path / "in" / "c.csv").write_text("path,steps\nv0.nrrd,2\nv1.nrrd,400\nv2.nrrd,400\nv3.nrrd,400\n")
     code = main(["cohort", str(tmp_path / "in" / "c.csv"), str(out), "--bundle", str(tiny_bundle.path), *FAST])
     thread.join(timeout=5)
     assert code == 130 and "Cancelled" in capsys.readouterr().err
