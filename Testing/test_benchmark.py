@@ -89,3 +89,21 @@ def test_supervised_ceiling_runs_on_the_clean_protocol_only_and_bm3d_uses_the_es
         # BM3D given the estimated level and texture of 45 HU noise removes most of it: well ahead of
         # the pretrained model, which was trained at 30 HU (measured +2.6 and +3.2 dB)
         assert by[("clean", subject, "BM3D with the noise PSD")] > by[("clean", subject, "N2C")] + 2.0
+
+
+def test_guarded_rows_keep_the_guard_numbers_and_what_a_fallback_turned_down(dataset, tiny_bundle, monkeypatch):
+    import SelfSupCTDenoiseLib.engine.run as engine_run
+
+    monkeypatch.setattr(engine_run, "guard_rejects", lambda adapted, pretrained, estimated: True)
+    results = run_benchmark(dataset, {"n2c": tiny_bundle}, quick=True, tags=["d25_hann"], protocols=["clean"],
+                            steps=20, log=lambda line: None, rows_filter=["N2C (pretrained)", "shipped default"],
+                            strengths=False)
+    by = {(r["subject"], r["method"].split(" ")[1]): r for r in results["rows"]}
+    for subject in ("phantom0", "phantom1"):
+        pretrained, guarded = by[(subject, "(pretrained)")], by[(subject, "+")]
+        guard = guarded["guard"]
+        assert guarded["guard_fell_back"] and guarded["psnr_soft"] == pretrained["psnr_soft"]
+        assert guard["removed_std_adapted_hu"] > 0 and guard["estimated_noise_std_hu"] > 0
+        # the turned-down adapted output is scored too, and differs from the pretrained one
+        assert np.isfinite(guard["psnr_soft_unguarded"]) and guard["psnr_soft_unguarded"] != pretrained["psnr_soft"]
+        assert "guard" not in pretrained

@@ -338,11 +338,17 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                                                oracle_noise=oracle_noise if method.oracle else None)
                         output, info = result.denoised, result.info["run"]
                     elapsed = time.perf_counter() - started
+                    guard = info.get("guard") or {}
+                    if guard.get("fell_back") and "removed_std_adapted_hu" in guard:
+                        # what the guard turned down, to judge the guard itself (not timed)
+                        unguarded = denoise_array(ldct, bundle, config.with_(guard=False)).denoised
+                        guard = {**guard, "psnr_soft_unguarded": psnr(unguarded, reference)}
                     row = {"protocol": protocol, "tag": tag, "subject": key, "method": method.name,
                            "seconds": round(elapsed, 2), **compare(output, reference),
                            "hu_shift": hu_shift(reference, output, uniform)["overall"] if uniform.any() else None,
                            "method_noise": method_noise_score(ldct, output)["score"],
-                           "guard_fell_back": bool((info.get("guard") or {}).get("fell_back", False)),
+                           "guard_fell_back": bool(guard.get("fell_back", False)),
+                           **({"guard": guard} if guard else {}),
                            "noise_sd_uniform": float((output - reference)[uniform].std()) if uniform.any() else None}
                     rows.append(row)
                     if method.steps_curve and strengths:
