@@ -207,20 +207,29 @@ def network_floor(bundle: str, repeats: int):
             one_slice = one_slice.contiguous(memory_format=torch.channels_last)
         patches = torch.rand(config.batch_size, 1, config.patch_size, config.patch_size, generator=generator)
 
-        def forward():
-            with torch.no_grad():
-                inferring(one_slice)
-
-        def step():
-            with torch.no_grad():
-                target = teacher(patches)
-            loss = torch.nn.functional.mse_loss(net(target + 0.01 * torch.randn(target.shape, generator=generator)),
-                                                target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
+        forward, step = network_work(net, teacher, inferring, one_slice, patches, optimizer)
         return timed_median(forward, repeats), timed_median(step, 4 * repeats)
+
+
+def network_work(student, teacher, inferring, one_slice, patches, optimizer):
+    """(forward, step): one slice through `inferring` (the teacher in the run's layout), and one
+    adaptation step: the teacher's forward on the patches, the student's forward and backward on
+    them with a little noise, Adam's step."""
+    import torch
+
+    def forward():
+        with torch.no_grad():
+            inferring(one_slice)
+
+    def step():
+        with torch.no_grad():
+            target = teacher(patches)
+        loss = torch.nn.functional.mse_loss(student(patches + 0.01 * torch.randn_like(patches)), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return forward, step
 
 
 def torch_threads_now() -> int:
@@ -270,21 +279,11 @@ def network_rows(device_name: str, repeats: int, batch_size: int):
             patches = torch.randn(batch_size, 1, 64, 64, device=device)
             optimizer = torch.optim.Adam(denoiser.parameters(), lr=1e-4)
 
-            def forward():
-                with torch.no_grad():
-                    inferring(slice_)
+            forward, step = network_work(denoiser, teacher, inferring, slice_, patches, optimizer)
 
             def noise_forward():
                 with torch.no_grad():
                     noise_model(slice_)
-
-            def step():
-                with torch.no_grad():
-                    target = teacher(patches)
-                loss = torch.nn.functional.mse_loss(denoiser(patches + 0.01 * torch.randn_like(patches)), target)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
 
             rows.append((name, sum(p.numel() for p in denoiser.parameters()), timed(forward), timed(step),
                          timed(noise_forward)))

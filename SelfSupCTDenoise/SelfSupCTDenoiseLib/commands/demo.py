@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         m = compare(array, reference)
         noise_sd = float(np.std((array - reference)[uniform])) if uniform.any() else float("nan")
-        print(f"{label:36} {m['psnr_soft']:9.2f} {m['psnr_edges']:10.2f} {m['ssim_soft']:9.4f} {noise_sd:13.1f} "
-              f"{'' if seconds is None else f'{seconds:7.0f}'}")
+        print(f"{label:36} {m['psnr_soft']:9.2f} {m['psnr_edges']:10.2f} {m['ssim_soft']:9.4f} {noise_sd:13.1f}"
+              + ("" if seconds is None else f" {seconds:7.0f}"))
     print("PSNR edges: over the reference's strongest edges only (smoothing cannot win it). Noise SD: of (image - "
           "reference) in uniform soft tissue.")
     guard = run.get("guard") or {}

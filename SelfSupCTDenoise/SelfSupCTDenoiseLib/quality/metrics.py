@@ -17,6 +17,7 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from ..engine.arrays import slabs
+from .regions import BODY_HU  # air outside the body has no edges worth scoring
 
 WINDOWS = {"soft": (-160.0, 240.0), "full": (-1024.0, 3072.0)}
 
@@ -47,8 +48,6 @@ def psnr(image: np.ndarray, reference: np.ndarray, window: str = "soft") -> floa
 
 #: The edge mask: per axial slice, this fraction of the body's pixels with the strongest gradient.
 EDGE_FRACTION = 0.1
-#: Body = the reference above this HU (air outside has no edges worth scoring).
-BODY_HU = -500.0
 
 
 def edge_mask(reference: np.ndarray, window: str = "soft", fraction: float = EDGE_FRACTION) -> np.ndarray:
