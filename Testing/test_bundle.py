@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,37 @@ def test_shipped_bundle_loads_verified_and_denoises_a_phantom(name):
     assert abs(float(np.mean((out - ndct)[body]))) < 5
     assert default_bundle_for_device("cuda") == models_dir() / "paper"
     assert default_bundle_for_device("cpu") == models_dir() / "lite"
+
+
+def _white_noise_subject(name, seed, reference):
+    from conftest import synthetic_subjects
+    from SelfSupCTDenoiseLib.engine.train import Subject
+
+    clean = synthetic_subjects(n=1, slices=4)[0].ndct
+    white = np.random.default_rng(seed).normal(0, 60.0, clean.shape).astype(np.float32)  # a sharp kernel's noise
+    return Subject(name, clean + white, clean, reference=reference)
+
+
+def test_calibration_measures_the_reference_protocol_only_and_recalibration_keeps_the_networks(tiny_bundle, tmp_path):
+    """The calibrated texture anchors the noise estimator's smooth end: pairs of a sharper kernel
+    trained beside the reference protocol must not move it (they did: Hann inputs were misread)."""
+    from conftest import synthetic_subjects
+    from SelfSupCTDenoiseLib.engine.train import PretrainConfig, recalibrate
+
+    smooth = synthetic_subjects(n=2, slices=4)
+    sharp = [_white_noise_subject("sharp", 3, reference=False)]
+    config = PretrainConfig(profile="tiny", calibration_patches=64, patch_size=32)
+    path = tmp_path / "b"
+    shutil.copytree(tiny_bundle.path, path)
+    denoiser_sha = load_bundle(path).manifest["files"]["denoiser"]["sha256"]
+
+    mixed = recalibrate(path, smooth + sharp, config).calibration["band_power_real"]
+    alone = recalibrate(path, smooth, config).calibration["band_power_real"]
+    np.testing.assert_allclose(mixed, alone)  # the sharp pairs were left out
+    sharp_in = [_white_noise_subject("sharp", 3, reference=True)]
+    with_sharp = recalibrate(path, smooth + sharp_in, config)
+    power = np.asarray(with_sharp.calibration["band_power_real"])
+    # counted in, the white noise lifts the top band's share of the power
+    assert power[-1] / power.sum() > 2 * np.asarray(alone)[-1] / np.sum(alone)
+    assert with_sharp.manifest["files"]["denoiser"]["sha256"] == denoiser_sha
+    assert with_sharp.manifest["training"]["recalibrated"]["subjects"] == ["synthetic0", "synthetic1", "sharp"]

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, help="a folder made by `simulate` (uses its training subjects)")
     parser.add_argument("--tag", nargs="+", default=["d25_hann"], metavar="TAG",
                         help="low-dose tag(s) of the dataset to train on; several tags = one training pair per "
-                             "subject and tag [d25_hann]")
+                             "subject and tag; the first is the reference protocol the calibration is "
+                             "measured on (the smooth standard kernel) [d25_hann]")
     parser.add_argument("--subjects", nargs="+", metavar="KEY",
                         help="only these training subjects of --dataset [all training subjects]")
     parser.add_argument("--profile", default="lite", help="network profile: paper, lite or tiny [lite]")
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate, cosine-decayed [1e-4]")
     parser.add_argument("--loss", default="l1", choices=("l1", "l2"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="keep the networks of the bundle at --out and measure its calibration again on "
+                             "these subjects (no training)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -42,7 +46,7 @@ def _licence(key: str, entry: dict) -> str:
     return known.get(key) or entry.get("licence") or "unknown"
 
 
-def load_subject(name: str, ldct_path, ndct_path, ldct_b_path=None, licence: str = "unknown"):
+def load_subject(name: str, ldct_path, ndct_path, ldct_b_path=None, licence: str = "unknown", reference: bool = True):
     """One training subject (`engine.train.Subject`) read from its LDCT, NDCT and optional second LDCT files."""
     import numpy as np
     import SimpleITK as sitk
@@ -58,7 +62,7 @@ def load_subject(name: str, ldct_path, ndct_path, ldct_b_path=None, licence: str
         raise InputError(f"Subject {name}: LDCT {ldct.shape} and NDCT {ndct.shape} differ in size.")
     ldct_b = array(ldct_b_path) if ldct_b_path else None
     files = {"ldct": str(ldct_path), "ndct": str(ndct_path), **({"ldct_b": str(ldct_b_path)} if ldct_b_path else {})}
-    return Subject(name, ldct, ndct, ldct_b, files, licence)
+    return Subject(name, ldct, ndct, ldct_b, files, licence, reference)
 
 
 def subjects_from_args(args: argparse.Namespace):
@@ -87,20 +91,27 @@ def subjects_from_args(args: argparse.Namespace):
                 name = key if len(args.tag) == 1 else f"{key}@{tag}"
                 subjects.append(load_subject(name, folder / f"ldct_{tag}.nrrd", folder / "ndct.nrrd",
                                              second if second.exists() else None,
-                                             licence=_licence(key, subject)))
+                                             licence=_licence(key, subject), reference=tag == args.tag[0]))
     if not subjects:
         raise InputError("No training subjects: give --pair LDCT NDCT (repeat) or --dataset FOLDER.")
     return subjects
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.train import PretrainConfig, pretrain
+    from ..engine.train import PretrainConfig, pretrain, recalibrate
     from .console import TqdmProgress
 
     config = PretrainConfig(profile=args.profile, method=args.method, denoiser_steps=args.denoiser_steps,
                             noise_model_steps=args.noise_model_steps, batch_size=args.batch_size,
                             patch_size=args.patch_size, lr=args.lr, loss=args.loss, seed=args.seed)
     subjects = subjects_from_args(args)
+    if args.recalibrate:
+        if not (args.out / "manifest.json").exists():
+            raise InputError(f"--recalibrate needs a bundle at {args.out} (no manifest.json there).")
+        bundle = recalibrate(args.out, subjects, config)
+        print(f"recalibrated bundle {bundle.path} on {', '.join(bundle.manifest['training']['recalibrated']['subjects'])} "
+              f"(sha256 {bundle.sha256[:12]}); networks unchanged")
+        return 0
     progress = TqdmProgress(enabled=not args.quiet)
     try:
         bundle = pretrain(subjects, args.out, config, progress)
