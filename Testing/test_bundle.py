@@ -170,3 +170,25 @@ def test_calibration_measures_the_reference_protocol_only_and_recalibration_keep
     assert power[-1] / power.sum() > 2 * np.asarray(alone)[-1] / np.sum(alone)
     assert with_sharp.manifest["files"]["denoiser"]["sha256"] == denoiser_sha
     assert with_sharp.manifest["training"]["recalibrated"]["subjects"] == ["synthetic0", "synthetic1", "sharp"]
+
+
+def test_recalibration_can_take_the_noise_models_of_a_bundle_of_the_same_profile(tiny_bundle, tmp_path):
+    from conftest import synthetic_subjects
+    from SelfSupCTDenoiseLib.engine.train import PretrainConfig, pretrain, recalibrate
+    from SelfSupCTDenoiseLib.errors import InputError
+
+    subjects = synthetic_subjects(n=1, slices=2)
+    quick = dict(denoiser_steps=2, noise_model_steps=2, batch_size=2, patch_size=32, calibration_patches=16)
+    donor = pretrain(subjects, tmp_path / "donor", PretrainConfig(profile="tiny", seed=5, **quick))
+    path = tmp_path / "b"
+    shutil.copytree(tiny_bundle.path, path)
+    before = load_bundle(path).manifest["files"]
+    out = recalibrate(path, subjects, PretrainConfig(profile="tiny", calibration_patches=16), donor.path)
+    files = out.manifest["files"]
+    assert files["denoiser"]["sha256"] == before["denoiser"]["sha256"]
+    assert [e["sha256"] for e in files["noise_models"]] == [e["sha256"] for e in donor.manifest["files"]["noise_models"]]
+    assert out.num_noise_models == 1 != len(before["noise_models"])
+    assert out.manifest["training"]["recalibrated"]["noise_models_from"]["sha256"] == donor.sha256
+    other = pretrain(subjects, tmp_path / "lite", PretrainConfig(profile="lite", **quick))
+    with pytest.raises(InputError, match="do not fit"):
+        recalibrate(path, subjects, PretrainConfig(profile="tiny", calibration_patches=16), other.path)

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recalibrate", action="store_true",
                         help="keep the networks of the bundle at --out and measure its calibration again on "
                              "these subjects (no training)")
+    parser.add_argument("--noise-models-from", type=Path, metavar="BUNDLE",
+                        help="with --recalibrate: take the noise models of this bundle (same profile)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.recalibrate:
         if not (args.out / "manifest.json").exists():
             raise InputError(f"--recalibrate needs a bundle at {args.out} (no manifest.json there).")
-        bundle = recalibrate(args.out, subjects, config)
+        bundle = recalibrate(args.out, subjects, config, args.noise_models_from)
         print(f"recalibrated bundle {bundle.path} on {', '.join(bundle.manifest['training']['recalibrated']['subjects'])} "
               f"(sha256 {bundle.sha256[:12]}); networks unchanged")
         return 0

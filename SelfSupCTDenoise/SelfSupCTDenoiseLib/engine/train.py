@@ -260,24 +260,41 @@ def pretrain(subjects: Sequence[Subject], output: Path, config: PretrainConfig =
     return bundle
 
 
-def recalibrate(path: Path, subjects: Sequence[Subject], config: PretrainConfig = PretrainConfig()) -> Bundle:
-    """The bundle at `path` with its calibration measured again on `subjects` (see `calibrate`); the
-    networks are kept bit for bit, and the manifest records the recalibration."""
+def recalibrate(path: Path, subjects: Sequence[Subject], config: PretrainConfig = PretrainConfig(),
+                noise_models_from: Optional[Path] = None) -> Bundle:
+    """The bundle at `path` with its calibration measured again on `subjects` (see `calibrate`); its
+    denoiser is kept bit for bit, its noise models too unless `noise_models_from` names a bundle of the
+    same profile whose noise models (and their loss curves) replace them. The manifest records both."""
     from .bundle import load_bundle
 
+    def states_and_curves(bundle):
+        entries = [bundle.manifest["files"]["denoiser"], *bundle.manifest["files"]["noise_models"]]
+        states = [torch.load(bundle.path / e["name"], map_location="cpu", weights_only=True) for e in entries]
+        curves_file = bundle.path / "loss_curves.json"
+        return states, json.loads(curves_file.read_text(encoding="utf-8")) if curves_file.exists() else {}
+
     bundle = load_bundle(path)
+    states, curves = states_and_curves(bundle)
+    record: Dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "engine_version": __version__,
+                              "subjects": [s.name for s in subjects if s.reference] or [s.name for s in subjects]}
+    noise_source = bundle
+    if noise_models_from is not None:
+        noise_source = load_bundle(noise_models_from)
+        if noise_source.profile != bundle.profile:
+            raise InputError(f"{noise_models_from} is a {noise_source.profile.name} bundle, {path} a "
+                             f"{bundle.profile.name} one: their noise models do not fit each other.")
+        donor_states, donor_curves = states_and_curves(noise_source)
+        states = states[:1] + donor_states[1:]
+        curves = {"denoiser": curves.get("denoiser", []),
+                  **{k: v for k, v in donor_curves.items() if k.startswith("noise_model")}}
+        record["noise_models_from"] = {"name": noise_source.manifest.get("name"), "sha256": noise_source.sha256,
+                                       "training_subjects": noise_source.manifest["training"].get("subjects")}
     generator = torch.Generator().manual_seed(config.seed)
-    noise_models = [m.eval() for m in bundle.build_noise_models("cpu")]
+    noise_models = [m.eval() for m in noise_source.build_noise_models("cpu")]
     calibration = calibrate(subjects, noise_models, bundle.normalization, config.patch_size,
                             config.calibration_patches, generator)
     noise_histogram = calibration.pop("_noise_histogram")
-    training = {**bundle.manifest["training"],
-                "recalibrated": {"date": time.strftime("%Y-%m-%d"), "engine_version": __version__,
-                                 "subjects": [s.name for s in subjects if s.reference] or [s.name for s in subjects]}}
-    states = [torch.load(Path(path) / e["name"], map_location="cpu", weights_only=True)
-              for e in [bundle.manifest["files"]["denoiser"], *bundle.manifest["files"]["noise_models"]]]
-    curves_file = Path(path) / "loss_curves.json"
-    curves = json.loads(curves_file.read_text(encoding="utf-8")) if curves_file.exists() else None
     return save_bundle(path, profile=bundle.profile, normalization=bundle.normalization, denoiser_state=states[0],
                        noise_model_states=states[1:], calibration=calibration, noise_histogram=noise_histogram,
-                       training=training, loss_curves=curves, name=bundle.manifest.get("name"))
+                       training={**bundle.manifest["training"], "recalibrated": record}, loss_curves=curves or None,
+                       name=bundle.manifest.get("name"))
