@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--recalibrate needs a bundle at {args.out} (no manifest.json there).")
         bundle = recalibrate(args.out, subjects, config, args.noise_models_from)
         print(f"recalibrated bundle {bundle.path} on {', '.join(bundle.manifest['training']['recalibrated']['subjects'])} "
-              f"(sha256 {bundle.sha256[:12]}); networks unchanged")
+              f"(sha256 {bundle.sha256[:12]}); denoiser unchanged, noise models "
+              + (f"from {args.noise_models_from}" if args.noise_models_from else "unchanged"))
         return 0
     progress = TqdmProgress(enabled=not args.quiet)
     try:

@@ -296,5 +296,4 @@ def recalibrate(path: Path, subjects: Sequence[Subject], config: PretrainConfig 
     noise_histogram = calibration.pop("_noise_histogram")
     return save_bundle(path, profile=bundle.profile, normalization=bundle.normalization, denoiser_state=states[0],
                        noise_model_states=states[1:], calibration=calibration, noise_histogram=noise_histogram,
-                       training={**bundle.manifest["training"], "recalibrated": record}, loss_curves=curves or None,
-                       name=bundle.manifest.get("name"))
+                       training={**bundle.manifest["training"], "recalibrated": record}, loss_curves=curves or None)
