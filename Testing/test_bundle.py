@@ -132,7 +132,9 @@ def test_shipped_bundle_loads_verified_and_denoises_a_phantom(name):
             torch.from_numpy(norm.to_model(ldct))[:, None]).numpy()[:, 0])
     body = ndct > 0
     assert np.isfinite(out).all()
-    assert np.std((out - ndct)[body]) < 0.7 * np.std((ldct - ndct)[body])
+    # before adaptation: lite, pre-trained on a range of doses and kernels, removes about a third of
+    # this phantom's noise by itself (0.71x left; the d25-only lite left 0.63x); adaptation does the rest
+    assert np.std((out - ndct)[body]) < 0.8 * np.std((ldct - ndct)[body])
     assert abs(float(np.mean((out - ndct)[body]))) < 5
     assert default_bundle_for_device("cuda") == models_dir() / "paper"
     assert default_bundle_for_device("cpu") == models_dir() / "lite"
