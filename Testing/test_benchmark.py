@@ -74,6 +74,12 @@ def test_parts_merge_without_duplicates_and_the_report_is_written(results, tmp_p
     assert "## Protocol `clean`, d25_hann" in report and "## Protocol `ndct`, d25_hann" in report
     assert "| clean | phantom0 | d25_hann |" in report  # the estimator table
     assert (tmp_path / "benchmark.json").exists() and (tmp_path / "benchmark_nps_ratio.png").exists()
+    # a part run with another bundle in the same role is named, not overwritten
+    other = dict(halves[1], meta=dict(results["meta"], bundles={"n2c": {**results["meta"]["bundles"]["n2c"],
+                                                                         "sha256": "f" * 64, "path": "elsewhere"}}))
+    bundles = merge_results([halves[0], other])["meta"]["bundles"]
+    assert bundles["n2c"]["sha256"] == results["meta"]["bundles"]["n2c"]["sha256"]
+    assert bundles["n2c, part 2"]["path"] == "elsewhere"
 
 
 def test_supervised_ceiling_runs_on_the_clean_protocol_only_and_bm3d_uses_the_estimate(dataset, tiny_bundle):

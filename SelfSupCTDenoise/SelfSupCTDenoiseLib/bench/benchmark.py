@@ -198,7 +198,13 @@ def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     merged["meta"]["seconds_per_part"] = [p["meta"].get("seconds") for p in parts]
     merged["meta"]["commit"] = ", ".join(dict.fromkeys(p["meta"]["commit"] for p in parts))
     merged["meta"]["date"] = max(p["meta"]["date"] for p in parts)  # the newest part's
-    merged["meta"]["bundles"] = {k: v for p in parts for k, v in p["meta"]["bundles"].items()}
+    merged["meta"]["bundles"] = {}
+    for index, part in enumerate(parts, 1):  # parts run with another bundle of the same role stay visible
+        for role, bundle in part["meta"]["bundles"].items():
+            known = merged["meta"]["bundles"].get(role)
+            if known is not None and known["sha256"] != bundle["sha256"]:
+                role = f"{role}, part {index}"
+            merged["meta"]["bundles"].setdefault(role, bundle)
     return merged
 
 
