@@ -201,10 +201,10 @@ def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     merged["meta"]["bundles"] = {}
     for index, part in enumerate(parts, 1):  # parts run with another bundle of the same role stay visible
         for role, bundle in part["meta"]["bundles"].items():
-            known = merged["meta"]["bundles"].get(role)
-            if known is not None and known["sha256"] != bundle["sha256"]:
-                role = f"{role}, part {index}"
-            merged["meta"]["bundles"].setdefault(role, bundle)
+            known = merged["meta"]["bundles"]
+            if any(b["sha256"] == bundle["sha256"] for b in known.values()):
+                continue
+            known[role if role not in known else f"{role}, part {index}"] = bundle
     return merged
 
 
@@ -412,8 +412,9 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
         "PSNR/SSIM in the soft-tissue window ([-160, 240] HU, data range 400) and over the full range "
         "([-1024, 3072] HU, data range 4096), averaged per subject, then mean ± std across subjects. "
         "HU shift: mean-HU change against the reference over uniform soft tissue of the reference. Method noise: "
-        "structure in the removed part (see README; > 0.3 = removes detail). Tags: d25 = quarter dose (the "
-        "training dose), d12/d50 = unseen doses, ramlak = another reconstruction filter. Protocol `ndct`: "
+        "structure in the removed part (see README; > 0.3 = removes detail). Tags: d25/d12/d50 = quarter/eighth/half "
+        "dose, hann/ramlak = reconstruction filter; which ones a bundle saw in pre-training: its manifest's "
+        "`training.subjects` (docs/DATA.md; the shipped lite: d12 and Ram-Lak never). Protocol `ndct`: "
         "reference = the real NDCT (noisy itself); `clean`: reference = the NDCT denoised by methods that are "
         "not rows here (mean of 3D non-local means and 3D total variation, data/clean_reference.py) with the low "
         "dose simulated from it. PSNR edges: PSNR soft over the reference's strongest edges only (per slice "
