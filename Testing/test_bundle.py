@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,31 @@ def test_recalibration_can_take_the_noise_models_of_a_bundle_of_the_same_profile
     other = pretrain(subjects, tmp_path / "lite", PretrainConfig(profile="lite", **quick))
     with pytest.raises(InputError, match="do not fit"):
         recalibrate(path, subjects, PretrainConfig(profile="tiny", calibration_patches=16), other.path)
+
+
+def test_a_failed_bundle_write_keeps_the_previous_bundle(tiny_bundle, tmp_path, monkeypatch):
+    """Writing over a bundle (pretrain, --recalibrate) never loses the one already there."""
+    import SelfSupCTDenoiseLib.engine.bundle as bundle_module
+    from SelfSupCTDenoiseLib.engine.train import PretrainConfig, recalibrate
+
+    from conftest import synthetic_subjects
+
+    path = tmp_path / "b"
+    shutil.copytree(tiny_bundle.path, path)
+    before = sorted((p.name, p.read_bytes()) for p in path.iterdir())
+    real_replace = bundle_module.os.replace
+
+    failed = []
+
+    def failing_replace(src, dst):  # the new bundle's move into place fails (once)
+        if Path(dst) == path and not failed:
+            failed.append(src)
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(bundle_module.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        recalibrate(path, synthetic_subjects(n=1, slices=2), PretrainConfig(profile="tiny", calibration_patches=16))
+    monkeypatch.undo()
+    assert sorted((p.name, p.read_bytes()) for p in path.iterdir()) == before
+    assert failed and [p.name for p in tmp_path.iterdir()] == ["b"]  # no staging or set-aside folder left

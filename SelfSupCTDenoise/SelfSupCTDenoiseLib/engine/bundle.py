@@ -176,9 +176,19 @@ def save_bundle(path: os.PathLike, *, profile: NetworkProfile, normalization: No
         if loss_curves is not None:
             (staging / "loss_curves.json").write_text(json.dumps(loss_curves))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
+        # the bundle already there is set aside, not deleted, until the new one is in place
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.previous.", dir=path.parent)) if path.exists() else None
+        if aside is not None:
+            os.replace(path, aside / path.name)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            if aside is not None:
+                os.replace(aside / path.name, path)
+            raise
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
