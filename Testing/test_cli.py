@@ -163,3 +163,14 @@ def test_measure_alone_reports_the_input_noise_estimate(tmp_path, capsys, tiny_b
     assert abs(estimate["std_hu"] - true_std) < 0.2 * true_std
     assert f"input noise ~{estimate['std_hu']:.0f} HU" in capsys.readouterr().out
     assert main(["measure", str(source), "--region", "1:5,70:90,60:100"]) == 2  # a region needs the output
+
+
+def test_noise_models_from_without_recalibrate_is_refused_before_any_training(tiny_bundle, tmp_path, capsys):
+    ldct, ndct = noisy_pair(2, 32, 30.0, seed=1)
+    for name, array in (("ldct", ldct), ("ndct", ndct)):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / f"{name}.nrrd"))
+    code = main(["pretrain", "--out", str(tmp_path / "b"), "--pair", str(tmp_path / "ldct.nrrd"),
+                 str(tmp_path / "ndct.nrrd"), "--profile", "tiny", "--denoiser-steps", "2", "--noise-model-steps", "2",
+                 "--patch-size", "32", "--batch-size", "2", "--noise-models-from", str(tiny_bundle.path), "--quiet"])
+    assert code == 2 and "--noise-models-from" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

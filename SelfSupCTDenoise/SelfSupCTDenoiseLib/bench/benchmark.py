@@ -198,13 +198,11 @@ def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     merged["meta"]["seconds_per_part"] = [p["meta"].get("seconds") for p in parts]
     merged["meta"]["commit"] = ", ".join(dict.fromkeys(p["meta"]["commit"] for p in parts))
     merged["meta"]["date"] = max(p["meta"]["date"] for p in parts)  # the newest part's
-    merged["meta"]["bundles"] = {}
+    known = merged["meta"]["bundles"] = {}
     for index, part in enumerate(parts, 1):  # parts run with another bundle of the same role stay visible
         for role, bundle in part["meta"]["bundles"].items():
-            known = merged["meta"]["bundles"]
-            if any(b["sha256"] == bundle["sha256"] for b in known.values()):
-                continue
-            known[role if role not in known else f"{role}, part {index}"] = bundle
+            if all(b["sha256"] != bundle["sha256"] for b in known.values()):
+                known[role if role not in known else f"{role}, part {index}"] = bundle
     return merged
 
 

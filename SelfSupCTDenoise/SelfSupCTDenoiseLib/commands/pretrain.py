@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.train import PretrainConfig, pretrain, recalibrate
     from .console import TqdmProgress
 
+    if args.noise_models_from and not args.recalibrate:
+        raise InputError("--noise-models-from goes with --recalibrate (pre-training makes its own noise models).")
     config = PretrainConfig(profile=args.profile, method=args.method, denoiser_steps=args.denoiser_steps,
                             noise_model_steps=args.noise_model_steps, batch_size=args.batch_size,
                             patch_size=args.patch_size, lr=args.lr, loss=args.loss, seed=args.seed)

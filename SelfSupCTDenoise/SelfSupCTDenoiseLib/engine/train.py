@@ -151,6 +151,11 @@ def n2v_mask(x: torch.Tensor, generator: torch.Generator, fraction: float = 0.01
     return torch.where(mask, neighbour, x), mask
 
 
+def calibration_subjects(subjects: Sequence[Subject]) -> List[Subject]:
+    """The subjects of the reference protocol (all of them when none is marked)."""
+    return [s for s in subjects if s.reference] or list(subjects)
+
+
 def calibrate(subjects: Sequence[Subject], noise_models: Sequence[torch.nn.Module], norm: Normalization,
               patch_size: int, n_patches: int, generator: torch.Generator) -> Dict[str, Any]:
     """Measure the training noise and how the noise models' ensemble differs from it, on the training
@@ -160,7 +165,7 @@ def calibrate(subjects: Sequence[Subject], noise_models: Sequence[torch.nn.Modul
     pretrained model)."""
     from .pseudo import PseudoNoiseSource
 
-    subjects = [s for s in subjects if s.reference] or list(subjects)
+    subjects = calibration_subjects(subjects)
     sampler = PairSampler([(s.ldct, s.ldct - s.ndct) for s in subjects], patch_size, generator)
     ldct, real = sampler.sample(n_patches)
     with torch.no_grad():
@@ -276,7 +281,7 @@ def recalibrate(path: Path, subjects: Sequence[Subject], config: PretrainConfig 
     bundle = load_bundle(path)
     states, curves = states_and_curves(bundle)
     record: Dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "engine_version": __version__,
-                              "subjects": [s.name for s in subjects if s.reference] or [s.name for s in subjects]}
+                              "subjects": [s.name for s in calibration_subjects(subjects)]}
     noise_source = bundle
     if noise_models_from is not None:
         noise_source = load_bundle(noise_models_from)
