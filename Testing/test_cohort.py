@@ -338,7 +338,10 @@ def test_report_in_headless_chromium_shows_every_volume_with_its_flags(cohort, t
     assert sitk.ReadImage(str(shot)).GetSize()[:2] == (1400, 900)
 
 
-def test_ctrl_c_cancels_the_rest_and_keeps_finished_outputs(ray_session, tiny_bundle, tmp_path, capsys):
+def test_ctrl_c_cancels_the_rest_and_keeps_finished_outputs(ray_session, tiny_bundle, tmp_path, capsys, request):
+    # Ctrl+C as a terminal delivers it: a suite started in the background (`cmd &`) runs with SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     (tmp_path / "in").mkdir()
     for i in range(4):
         save_volume(tmp_path / "in" / f"v{i}.nrrd", seed=80 + i, slices=2, size=48)

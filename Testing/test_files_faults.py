@@ -117,6 +117,8 @@ def test_write_volume_verifies_and_replaces_header_and_data_file_together(ct_ima
 
 DRIVER = r"""
 import os, signal, sys, time
+# as a terminal leaves it: a suite started in the background (`cmd &`) hands SIGINT down ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[1])
 import SimpleITK as sitk
 from SelfSupCTDenoiseLib.cli import main
