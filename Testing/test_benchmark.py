@@ -113,3 +113,20 @@ def test_guarded_rows_keep_the_guard_numbers_and_what_a_fallback_turned_down(dat
         # the turned-down adapted output is scored too, and differs from the pretrained one
         assert np.isfinite(guard["psnr_soft_unguarded"]) and guard["psnr_soft_unguarded"] != pretrained["psnr_soft"]
         assert "guard" not in pretrained
+
+
+def test_diffusion_runs_on_the_volume_and_slice_by_slice_only_when_asked():
+    """The Slicer filter as users run it sees the neighbouring slices; its 2D row must not."""
+    from SelfSupCTDenoiseLib.bench.benchmark import anisotropic_diffusion, methods
+
+    clean = clean_phantom(5, 48, seed=3)
+    volume = (clean + correlated_noise(clean.shape, 40.0, seed=4)).astype(np.float32)
+    context = {"spacing": (1.0, 1.0, 1.0)}
+    slice_only = anisotropic_diffusion(volume[2:3], context)  # one slice: no neighbours to use
+    in_volume = anisotropic_diffusion(volume, context)[2]
+    by_slice = anisotropic_diffusion(volume, context, slice_by_slice=True)[2]
+    assert np.abs(in_volume - slice_only[0]).mean() > 1.0  # the 3D filter used the other slices
+    assert np.allclose(by_slice, anisotropic_diffusion(volume[2:3], context, slice_by_slice=True)[0], atol=1e-4)
+    assert np.abs(by_slice - volume[2]).std() > 5.0  # and the 2D one still filtered
+    rows = [m.name for m in methods() if m.filter is not None and "diffusion" in m.name]
+    assert len(rows) == 2 and any("slice by slice" in name for name in rows)

@@ -7,6 +7,7 @@ Protocols: `ndct` (reference = the real normal-dose CT, which keeps its own nois
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -42,17 +43,23 @@ class Method:
     steps_curve: bool = False                 # record PSNR at every teacher update
 
 
-def anisotropic_diffusion(volume, context):
+def anisotropic_diffusion(volume, context, slice_by_slice: bool = False):
+    """Slicer's "Curvature Anisotropic Diffusion" module defaults, on the whole volume (3D, as a Slicer
+    user runs it) or slice by slice (2D, the context every other row of the table has)."""
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(volume.astype(np.float32))
-    image.SetSpacing(context["spacing"])
-    # Slicer's "Curvature Anisotropic Diffusion" module defaults, with the time step capped at what
-    # ITK says is stable for this spacing (min spacing / 2^(dimension + 1))
-    step = min(0.0625, 0.95 * min(context["spacing"]) / 2 ** 4)
-    return sitk.GetArrayFromImage(sitk.CurvatureAnisotropicDiffusion(image, timeStep=step,
-                                                                     conductanceParameter=1.0,
-                                                                     numberOfIterations=5))
+    def diffuse(array, spacing):
+        image = sitk.GetImageFromArray(array.astype(np.float32))
+        image.SetSpacing(spacing)
+        # the time step capped at what ITK says is stable for this spacing (min spacing / 2^(dimension + 1))
+        step = min(0.0625, 0.95 * min(spacing) / 2 ** (len(spacing) + 1))
+        return sitk.GetArrayFromImage(sitk.CurvatureAnisotropicDiffusion(image, timeStep=step,
+                                                                         conductanceParameter=1.0,
+                                                                         numberOfIterations=5))
+
+    if slice_by_slice:
+        return np.stack([diffuse(image, context["spacing"][:2]) for image in volume])
+    return diffuse(volume, context["spacing"])
 
 
 def _patch_based(volume, context):
@@ -122,6 +129,8 @@ def methods() -> List[Method]:
         Method("N2V (pretrained)", bundle="n2v", config={"steps": 0}),
         Method("N2V + Ours", bundle="n2v", config={}),
         Method("Curvature anisotropic diffusion (SimpleITK)", filter=anisotropic_diffusion, quick=True, scope="both"),
+        Method("Curvature anisotropic diffusion, slice by slice (2D)",
+               filter=functools.partial(anisotropic_diffusion, slice_by_slice=True), scope="both"),
         Method("Patch-based denoising (SimpleITK)", filter=_patch_based),
         Method("BM3D with the noise PSD", filter=bm3d_with_psd, quick=True, scope="both"),
     ]
