@@ -1,0 +1,49 @@
+"""benchmarks/levers/common.py: the 2.5D wrapper the lever experiments of docs/LEVERS.md start from."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from SelfSupCTDenoiseLib.engine.networks.redcnn import RedCNN
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _common():
+    spec = importlib.util.spec_from_file_location("levers_common", ROOT / "benchmarks" / "levers" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_untrained_2p5d_network_is_the_2d_one_and_its_neighbours_count_once_trained():
+    common = _common()
+    torch.manual_seed(0)
+    net2d = RedCNN(channels=8, kernel_size=3)
+    torch.nn.init.normal_(net2d.tconv5.weight, std=0.05)  # not the identity
+    model = common.Denoiser2p5D(net2d)
+    stack = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model(stack), net2d(stack[:, 1:2]), atol=1e-6)
+    with torch.no_grad():
+        model.side.normal_(std=0.1)
+    changed = stack.clone()
+    changed[:, 0] += 1.0  # only a neighbour moves
+    assert (model(changed) - model(stack)).abs().mean() > 1e-3
+    twin = copy.deepcopy(model)  # the student/teacher copies must use their own neighbour weights
+    with torch.no_grad():
+        twin.side.zero_()
+    assert torch.allclose(twin(stack), net2d(stack[:, 1:2]), atol=1e-6)
+    assert not torch.allclose(model(stack), net2d(stack[:, 1:2]), atol=1e-4)
+
+
+def test_neighbour_stacks_repeat_the_edge_slices():
+    common = _common()
+    volume = torch.arange(4.0)[:, None, None].expand(4, 2, 2)
+    stacks = common.neighbour_stacks(volume, [0, 3], reach=2)
+    assert stacks[:, :, 0, 0].tolist() == [[0, 0, 0, 1, 2], [1, 2, 3, 3, 3]]

@@ -1,0 +1,86 @@
+"""Run-time knobs of the shipped adaptation on the validation cases (docs/LEVERS.md): learning rate,
+pseudo-noise level over the estimate, and what averaging more views of the adapted network gives
+(flips/transposes, and the coronal and sagittal planes of a volume). Experiments, not product code:
+the level and the views reach into the engine by replacing two of its functions.
+
+    OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --set lr=0.0002
+    OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --level 1.15
+    OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --views --cases ts_chest:d12_hann
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from common import VALIDATION, read_case
+
+
+def dihedral_mean(apply, volume: np.ndarray) -> np.ndarray:
+    """Mean of the network over the 8 flips/transposes of each slice, each mapped back."""
+    outputs = []
+    for k in range(8):
+        view = volume.transpose(0, 2, 1) if k >= 4 else volume
+        view = view[:, :, ::-1] if k & 1 else view
+        view = view[:, ::-1, :] if k & 2 else view
+        out = apply(view)
+        out = out[:, ::-1, :] if k & 2 else out
+        out = out[:, :, ::-1] if k & 1 else out
+        outputs.append(out.transpose(0, 2, 1) if k >= 4 else out)
+    return np.mean(outputs, axis=0)
+
+
+def main() -> None:
+    import SelfSupCTDenoiseLib.engine.adapt as adapt_module
+    import SelfSupCTDenoiseLib.engine.run as run_module
+    from SelfSupCTDenoiseLib.engine.bundle import load_bundle
+    from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+    from SelfSupCTDenoiseLib.engine.inference import apply_slicewise
+    from SelfSupCTDenoiseLib.quality.metrics import compare
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cases", default=VALIDATION)
+    parser.add_argument("--bundle", default=None)
+    parser.add_argument("--dataset", default="data/sim")
+    parser.add_argument("--set", nargs="*", default=[], help="AdaptConfig fields, key=value")
+    parser.add_argument("--level", type=float, default=1.0, help="pseudo-noise level / the estimate")
+    parser.add_argument("--views", action="store_true", help="also score 8 flips and 3 planes")
+    args = parser.parse_args()
+    bundle = load_bundle(args.bundle)
+    norm = bundle.normalization
+    defaults = AdaptConfig()
+    overrides = {key: type(getattr(defaults, key))(value) for key, value in (kv.split("=") for kv in args.set)}
+    config = defaults.with_(threads=1, **overrides)
+    measured = run_module.pseudo_noise_std  # the level factor is the estimate over this
+    run_module.pseudo_noise_std = lambda *a, **k: measured(*a, **k) / args.level
+    adapted = {}
+    adapt = adapt_module.adapt
+
+    def keep(*a, **k):
+        adapted["model"], history = adapt(*a, **k)
+        return adapted["model"], history
+
+    adapt_module.adapt = keep
+
+    def apply(volume):
+        return apply_slicewise(adapted["model"], np.ascontiguousarray(volume), 1, to_input=norm.to_model,
+                               from_output=norm.to_hu)
+
+    for case in args.cases.split(","):
+        ldct, reference, _ = read_case(args.dataset, case)
+        result = run_module.denoise_array(ldct, bundle, config)
+        row = {"case": case, "set": args.set, "level": args.level, "psnr_soft": compare(result.denoised, reference)["psnr_soft"],
+               "guard_fell_back": bool((result.info["run"].get("guard") or {}).get("fell_back"))}
+        if args.views and not row["guard_fell_back"]:
+            row["psnr_soft_8_views"] = compare(dihedral_mean(apply, ldct), reference)["psnr_soft"]
+            if len(ldct) > 8:  # a volume: the coronal and sagittal planes too
+                coronal = apply(ldct.transpose(1, 0, 2)).transpose(1, 0, 2)
+                sagittal = apply(ldct.transpose(2, 0, 1)).transpose(1, 2, 0)
+                row["psnr_soft_3_planes"] = compare((result.denoised + coronal + sagittal) / 3, reference)["psnr_soft"]
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
