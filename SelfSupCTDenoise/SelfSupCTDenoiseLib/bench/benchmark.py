@@ -129,7 +129,7 @@ def methods() -> List[Method]:
         Method("N2V (pretrained)", bundle="n2v", config={"steps": 0}),
         Method("N2V + Ours", bundle="n2v", config={}),
         Method("Curvature anisotropic diffusion (SimpleITK)", filter=anisotropic_diffusion, quick=True, scope="both"),
-        Method("Curvature anisotropic diffusion, slice by slice (2D)",
+        Method("Curvature diffusion, slice by slice (2D)",
                filter=functools.partial(anisotropic_diffusion, slice_by_slice=True), scope="both"),
         Method("Patch-based denoising (SimpleITK)", filter=_patch_based),
         Method("BM3D with the noise PSD", filter=bm3d_with_psd, quick=True, scope="both"),
