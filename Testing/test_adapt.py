@@ -186,3 +186,27 @@ def test_rescale_augmentation_resamples_patches_to_patch_size(tiny_bundle):
     sampler, _ = make_setup(tiny_bundle, config)
     x, noise = sampler.sample(3)
     assert x.shape == (3, 1, 32, 32) and noise.shape == (3, 3, 32, 32)
+
+
+
+
+@pytest.mark.parametrize("noise_level", ["input", "local"])
+def test_pseudo_noise_follows_the_local_noise_level_only_when_asked(tiny_bundle, noise_level):
+    from SelfSupCTDenoiseLib.data.phantom import clean_phantom, correlated_noise
+    from SelfSupCTDenoiseLib.engine.run import estimate_input_noise, prepare_pseudo_pairs, pseudo_noise_std
+
+    volume = clean_phantom(4, 96, seed=4)
+    radius = np.hypot(*np.meshgrid(np.arange(96) - 47.5, np.arange(96) - 47.5))
+    noise = correlated_noise(volume.shape, 10.0, seed=2)
+    noise[:, radius < 24] *= 2.0  # the centre 2x noisier (as across the widest body paths)
+    config = AdaptConfig(noise_level=noise_level, patch_size=96)  # whole slices: the centre stays there
+    estimate = estimate_input_noise(volume + noise, tiny_bundle, config)
+    sampler, source = prepare_pseudo_pairs(volume + noise, tiny_bundle, config, "cpu",
+                                           torch.Generator().manual_seed(0), estimate)
+    norm = tiny_bundle.normalization
+    x, aligned = sampler.sample(32)
+    z = source.draw(aligned, x.shape, x.device)[:, 0].numpy() * norm.scale
+    ratio = z[:, radius < 14].std() / z[:, (radius > 34) & (radius < 42)].std()
+    assert ratio == pytest.approx(2.0 if noise_level == "local" else 1.0, rel=0.2)
+    # the pseudo-noise is levelled to the estimate either way
+    assert pseudo_noise_std(sampler, source, norm) == pytest.approx(estimate.std_hu, rel=0.1)

@@ -89,3 +89,39 @@ def test_texture_family_ends_and_unit_variance(training_texture):
 def test_no_soft_tissue_gives_no_estimate():
     air = np.full((2, 64, 64), -1000.0, np.float32) + np.random.default_rng(0).normal(0, 20, (2, 64, 64)).astype(np.float32)
     assert np.isnan(estimate_noise(air).std_hu)
+
+
+
+@pytest.fixture(scope="module")
+def wide_phantom():
+    """A phantom large against the level map's 12-pixel window."""
+    return clean_phantom(2, 224, seed=4)
+
+
+def half_noisier(phantom, training_texture, factor):
+    """The phantom with training-like noise whose std is `factor` times higher in the right half
+    (CT noise is not stationary: it rises behind bone and across the widest paths)."""
+    noise = textured_noise(phantom.shape, training_texture, 15.0, seed=9)
+    noise[..., phantom.shape[-1] // 2:] *= factor
+    return phantom + noise
+
+
+def test_local_level_map_follows_where_the_noise_is_higher(wide_phantom, training_texture):
+    from SelfSupCTDenoiseLib.engine.noise_level import flat_soft_tissue_mask, local_level_map
+
+    level = local_level_map(half_noisier(wide_phantom, training_texture, 2.0))
+    assert level.shape == wide_phantom.shape and np.isfinite(level).all()
+    tissue = np.stack([flat_soft_tissue_mask(s) for s in wide_phantom])
+    half = wide_phantom.shape[-1] // 2
+    left, right = tissue.copy(), tissue.copy()
+    left[..., half - 30:], right[..., :half + 30] = False, False  # away from the step
+    assert level[right].mean() / level[left].mean() == pytest.approx(2.0, rel=0.15)
+    assert level[tissue].mean() == pytest.approx(1.0, rel=0.1)  # relative: the estimate sets the level
+
+
+def test_local_level_map_is_flat_for_stationary_noise(wide_phantom, training_texture):
+    from SelfSupCTDenoiseLib.engine.noise_level import flat_soft_tissue_mask, local_level_map
+
+    level = local_level_map(half_noisier(wide_phantom, training_texture, 1.0))
+    tissue = np.stack([flat_soft_tissue_mask(s) for s in wide_phantom])
+    assert np.percentile(level[tissue], 5) > 0.8 and np.percentile(level[tissue], 95) < 1.2

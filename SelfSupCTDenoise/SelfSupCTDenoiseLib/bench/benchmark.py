@@ -116,6 +116,8 @@ def methods() -> List[Method]:
                scope="both"),
         Method(f"N2C + Ours (shipped default: {AdaptConfig().pseudo_noise}, guarded)", config={}, quick=True,
                steps_curve=True, scope="both"),
+        Method("N2C + Ours, one noise level everywhere (noise_level input, guarded)", config={"noise_level": "input"},
+               scope="both"),
         Method("N2C + Gaussian (paper's sigma)", config={"pseudo_noise": "gaussian", "noise_level": "bundle",
                                                          "gaussian_sigma_hu": PAPER_GAUSSIAN_SIGMA_HU, **raw}),
         Method("N2C + Hist", config={"pseudo_noise": "hist", "noise_level": "bundle", **raw}),

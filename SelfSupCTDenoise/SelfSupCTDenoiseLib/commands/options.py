@@ -38,7 +38,8 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, help=f"CPU threads for torch; 0 = OMP_NUM_THREADS if set, else all cores [{d.threads}]")
     group.add_argument("--pseudo-noise", choices=PSEUDO_NOISE, help=f"pseudo-noise source [{d.pseudo_noise}]")
     group.add_argument("--noise-level", choices=NOISE_LEVEL,
-                       help=f"pseudo-noise level from the bundle or estimated on the input [{d.noise_level}]")
+                       help=f"pseudo-noise level from the bundle, estimated on the input, or estimated and following "
+                            f"where the input is noisier or quieter (local) [{d.noise_level}]")
     group.add_argument("--augment", choices=AUGMENT, help=f"patch augmentation [{d.augment}]")
     group.add_argument("--gaussian-sigma", dest="gaussian_sigma_hu", type=float,
                        help=f"sigma (HU) of --pseudo-noise gaussian [{d.gaussian_sigma_hu}]")

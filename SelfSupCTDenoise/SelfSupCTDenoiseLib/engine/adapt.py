@@ -16,16 +16,18 @@ from .pseudo import PseudoNoiseSource
 
 
 class PatchSampler(RandomCrops):
-    """Random, augmented patches of the pool slices and of the matching noise-model outputs.
+    """Random, augmented patches of the pool slices and of the fields aligned with them.
 
-    pool: (S, 1, H, W) input slices; model_noise: (S, m, H, W) or None. Both get the same crop and
-    the same geometric transform, so a noise field stays aligned with the image it came from.
+    pool: (S, 1, H, W) input slices; aligned: (S, a, H, W) or None, per-pixel fields of the same
+    slices (the noise models' outputs, the local noise level map; see pseudo.PseudoNoiseSource).
+    Both get the same crop and the same geometric transform, so a field stays aligned with its image.
     """
 
-    def __init__(self, pool: torch.Tensor, model_noise: Optional[torch.Tensor], patch_size: int,
+    def __init__(self, pool: torch.Tensor, aligned: Optional[torch.Tensor], patch_size: int,
                  augment: str, generator: torch.Generator) -> None:
         super().__init__(generator)
-        self.pool, self.model_noise = pool, model_noise
+        self.pool, self.has_aligned = pool, aligned is not None
+        self.stack = pool if aligned is None else torch.cat([pool, aligned], dim=1)  # cropped together
         self.patch_size, self.augment = patch_size, augment
 
     def sample(self, batch_size: int):
@@ -36,7 +38,7 @@ class PatchSampler(RandomCrops):
             crop = max(8, min(round(self.patch_size / scale), h, w))
         else:
             crop = min(self.patch_size, h, w)
-        stack = self.pool if self.model_noise is None else torch.cat([self.pool, self.model_noise], dim=1)
+        stack = self.stack
         patches = []
         for _ in range(batch_size):
             i, y, x = self._corner(s, h, w, crop)
@@ -52,7 +54,7 @@ class PatchSampler(RandomCrops):
         if batch.shape[-1] != self.patch_size:
             batch = F.interpolate(batch, size=(self.patch_size, self.patch_size), mode="bilinear",
                                   align_corners=False)
-        return batch[:, :1], (batch[:, 1:] if self.model_noise is not None else None)
+        return batch[:, :1], (batch[:, 1:] if self.has_aligned else None)
 
 
 @dataclass
@@ -97,12 +99,12 @@ def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseS
     timer = PhaseTimer("adapt", config.steps, progress, cancel)
     period_losses: List[float] = []
     for step in range(1, config.steps + 1):
-        x, model_noise = sampler.sample(config.batch_size)
+        x, aligned = sampler.sample(config.batch_size)
         x = x.to(device)
-        model_noise = model_noise.to(device) if model_noise is not None else None
+        aligned = aligned.to(device) if aligned is not None else None
         with torch.no_grad(), torch.autocast(**autocast):
             target = teacher(x).float()
-        pseudo_ldct = target + source.draw(model_noise, target.shape, device)
+        pseudo_ldct = target + source.draw(aligned, target.shape, device)
         with torch.autocast(**autocast):
             loss = F.mse_loss(student(pseudo_ldct).float(), target)
         if not torch.isfinite(loss):

@@ -53,7 +53,9 @@ PROFILES: Dict[str, NetworkProfile] = {
 PSEUDO_NOISE = ("paper", "scaled", "spectral", "synthetic", "fitted", "gaussian", "hist", "model+hist")
 #: bundle - pseudo-noise level as calibrated on the training pairs
 #: input  - rescaled to the noise level estimated on the input volume itself (handles unseen doses)
-NOISE_LEVEL = ("bundle", "input")
+#: local  - `input`, and in each place as much higher or lower as the input's noise is there
+#:          (noise_level.local_level_map: CT noise rises behind bone and across wide body paths)
+NOISE_LEVEL = ("bundle", "input", "local")
 #: rescale  - the paper's random rescale in [0.5, 2] plus flips
 #: rot90flip - rotations by 90 degrees and flips only (keeps the noise texture)
 AUGMENT = ("rescale", "rot90flip")
@@ -93,7 +95,7 @@ class AdaptConfig:
     seed: int = 0
     teacher_update: bool = True      # False = the paper's "w/o theta update" ablation
     pseudo_noise: str = "fitted"
-    noise_level: str = "input"
+    noise_level: str = "local"
     augment: str = "rot90flip"
     gaussian_sigma_hu: float = 20.0  # for pseudo_noise="gaussian"
     adapt_slices: int = 32           # at most this many evenly spaced slices feed the patch pool

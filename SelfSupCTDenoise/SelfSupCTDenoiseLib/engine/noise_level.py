@@ -59,6 +59,36 @@ def flat_soft_tissue_mask(slice_hu: np.ndarray, mask: Optional[np.ndarray] = Non
     return mask & (gradient <= np.quantile(gradient[mask], _FLAT_FRACTION))
 
 
+#: Window (Gaussian sigma, pixels) over which the local noise level is measured, and the range the
+#: level map is held to (relative to the slice's flat soft tissue).
+LOCAL_LEVEL_WINDOW_PX, LOCAL_LEVEL_RANGE = 12.0, (0.25, 4.0)
+
+
+def local_level_map(volume_hu: np.ndarray, window_px: float = LOCAL_LEVEL_WINDOW_PX) -> np.ndarray:
+    """Where each slice is noisier or quieter than its flat soft tissue on average (CT noise is not
+    stationary: it rises behind bone and across the widest body paths), as a std ratio; (z, y, x) ->
+    float32, same shape. The local power of a 3x3 high-pass residual, clipped at 3 robust SDs so that
+    edges count little, is averaged over the flat soft tissue only (normalised convolution: the noise
+    estimate's own region, no organ borders) and blended to 1 where under a tenth of the window is
+    such tissue (air, bone, slices without tissue)."""
+    maps = []
+    for slice_hu in np.asarray(volume_hu, dtype=np.float32).reshape(-1, *volume_hu.shape[-2:]):
+        tissue = flat_soft_tissue_mask(slice_hu)
+        if tissue.sum() <= 64:
+            maps.append(np.ones_like(slice_hu))
+            continue
+        residual = slice_hu - ndimage.uniform_filter(slice_hu, size=3)
+        bound = 3 * _robust_std(residual)
+        power = np.clip(residual, -bound, bound) ** 2 * tissue
+        weight = ndimage.gaussian_filter(tissue.astype(np.float32), window_px)
+        power = ndimage.gaussian_filter(power, window_px) / np.maximum(weight, 1e-6)
+        low, high = LOCAL_LEVEL_RANGE
+        ratio = np.sqrt(np.clip(power / max(float(power[tissue].mean()), 1e-12), low ** 2, high ** 2))
+        near = np.clip(weight / 0.1, 0.0, 1.0)
+        maps.append(near * ratio + (1 - near))
+    return np.stack(maps).reshape(volume_hu.shape).astype(np.float32)
+
+
 def _robust_std(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 

@@ -1,7 +1,9 @@
 """Pseudo-noise Z for the pseudo-LDCT X~ = Y~ + Z (see `config.PSEUDO_NOISE` for the kinds).
 
 Everything here is in the networks' units. The noise models' outputs for the patch pool are
-computed once (they are frozen and X is fixed); a source then combines them per step.
+computed once (they are frozen and X is fixed) and, with noise_level="local", the input's local
+noise level map (noise_level.local_level_map); both ride as aligned fields of the patch sampler
+(adapt.PatchSampler), which a source then combines per step.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from .normalization import Normalization
 from .spectrum import DEFAULT_BAND_EDGES, gains_to_match, patch_band_power, shape_noise
 
 MODEL_KINDS = ("paper", "scaled", "spectral", "model+hist")
-#: Kinds whose level follows the input's estimated noise when noise_level="input". `paper` stays
-#: as written and `gaussian` has an explicit sigma.
+#: Kinds whose level follows the input's estimated noise when noise_level="input" (and its local
+#: level map when "local"). `paper` stays as written and `gaussian` has an explicit sigma.
 LEVELLED_KINDS = ("scaled", "spectral", "synthetic", "fitted", "hist", "model+hist")
 
 
@@ -36,7 +38,8 @@ class PseudoNoiseSource:
 
     def __init__(self, kind: str, calibration: Dict[str, Any], normalization: Normalization,
                  noise_histogram: Optional[Dict[str, Any]] = None, gaussian_sigma_hu: float = 20.0,
-                 generator: Optional[torch.Generator] = None, input_band_power: Optional[Sequence[float]] = None) -> None:
+                 generator: Optional[torch.Generator] = None, input_band_power: Optional[Sequence[float]] = None,
+                 local_level: bool = False) -> None:
         self.kind = kind
         self.calibration = calibration
         self.normalization = normalization
@@ -46,6 +49,7 @@ class PseudoNoiseSource:
         self.level_factor = 1.0
         self.band_gains = calibration.get("band_gains")
         self.input_band_power = input_band_power  # the input's own NPS (noise_level.estimate_noise)
+        self.local_level = local_level and kind in LEVELLED_KINDS  # the aligned fields end with a level map
         required = {"scaled": "amplitude", "spectral": "band_power_real", "synthetic": "band_power_real",
                     "model+hist": "residual_histogram"}
         if kind in required and required[kind] not in calibration:
@@ -75,15 +79,23 @@ class PseudoNoiseSource:
         choice = self._rand_index(m, (b, 1, h, w), model_noise.device)
         return torch.gather(model_noise, 1, choice)
 
-    def fit_spectrum(self, model_noise: torch.Tensor) -> None:
-        """Refit the `spectral` gains on this input's own ensemble (B, m, p, p): the noise models'
-        output spectrum depends on the image, the target (the training LDCT - NDCT band powers)
-        does not."""
+    def split(self, aligned: Optional[torch.Tensor]):
+        """(noise models' outputs or None, local level map or None) of the sampler's aligned fields."""
+        if aligned is None or not self.local_level:
+            return aligned, None
+        return (aligned[:, :-1] if aligned.shape[1] > 1 else None), aligned[:, -1:]
+
+    def fit_spectrum(self, aligned: torch.Tensor) -> None:
+        """Refit the `spectral` gains on this input's own ensemble (of the aligned fields (B, a, p, p)):
+        the noise models' output spectrum depends on the image, the target (the training LDCT - NDCT
+        band powers) does not."""
+        model_noise = self.split(aligned)[0]
         target = torch.as_tensor(self.calibration["band_power_real"])
         self.band_gains = gains_to_match(target, patch_band_power(self.ensemble(model_noise)))
 
-    def draw(self, model_noise: Optional[torch.Tensor], shape, device) -> torch.Tensor:
-        """Z for a batch of patches of `shape` (B, 1, p, p)."""
+    def draw(self, aligned: Optional[torch.Tensor], shape, device) -> torch.Tensor:
+        """Z for a batch of patches of `shape` (B, 1, p, p), given the sampler's aligned fields."""
+        model_noise, level_map = self.split(aligned)
         kind = self.kind
         if kind in ("paper", "scaled", "spectral"):
             z = self.ensemble(model_noise)
@@ -109,4 +121,6 @@ class PseudoNoiseSource:
             z = z * self.normalization.noise_to_model(self.gaussian_sigma_hu)
         else:  # config validation makes this unreachable
             raise ValueError(f"unknown pseudo-noise kind {kind!r}")
+        if level_map is not None:
+            z = z * level_map
         return z * self.level_factor if kind in LEVELLED_KINDS else z

@@ -17,7 +17,7 @@ from .arrays import all_finite, evenly_spaced, slabs
 from .bundle import Bundle
 from .config import AdaptConfig
 from .ct_array import HU_AIR, check_ct_array, padding_mask
-from .noise_level import NoiseEstimate, estimate_noise, soft_tissue_std
+from .noise_level import NoiseEstimate, estimate_noise, local_level_map, soft_tissue_std
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 from .provenance import build_provenance
 from .spectrum import DEFAULT_BAND_EDGES
@@ -74,8 +74,8 @@ def model_view(volume_hu: np.ndarray):
 def pseudo_noise_std(sampler, source, norm, patches: int = 64) -> float:
     """Std (HU) of the source's pseudo-noise over the soft tissue of sampled patches of the input,
     the region where the input's noise level is estimated."""
-    x, model_noise = sampler.sample(patches)
-    z = source.draw(model_noise, x.shape, x.device).numpy()[:, 0] * norm.scale
+    x, aligned = sampler.sample(patches)
+    z = source.draw(aligned, x.shape, x.device).numpy()[:, 0] * norm.scale
     return soft_tissue_std(norm.to_hu(x.numpy()[:, 0]), z)
 
 
@@ -96,20 +96,25 @@ def prepare_pseudo_pairs(volume: np.ndarray, bundle: Bundle, config: AdaptConfig
     pool_hu = model_view(volume[pool_index])[0]  # patches hold no padding, only the air it stands for
     pool = torch.from_numpy(norm.to_model(pool_hu))[:, None]
     kind = "paper" if oracle_noise is not None else config.pseudo_noise
+    levelled = config.noise_level != "bundle" and np.isfinite(estimate.std_hu) and oracle_noise is None
     source = PseudoNoiseSource(kind, bundle.calibration, norm, bundle.noise_histogram,
-                               config.gaussian_sigma_hu, generator, input_band_power=estimate.band_power)
-    model_noise = None
+                               config.gaussian_sigma_hu, generator, input_band_power=estimate.band_power,
+                               local_level=levelled and config.noise_level == "local")
+    aligned = []  # per-pixel fields cropped with the image (PseudoNoiseSource.split)
     if oracle_noise is not None:
-        model_noise = torch.from_numpy(norm.noise_to_model(oracle_noise[pool_index]).astype(np.float32))[:, None]
+        aligned.append(torch.from_numpy(norm.noise_to_model(oracle_noise[pool_index]).astype(np.float32))[:, None])
     elif source.needs_models:
         outputs = [apply_slicewise(n, pool_hu, config.infer_batch, phase="noise",
                                    to_input=norm.to_model, progress=progress, cancel=cancel)
                    for n in bundle.build_noise_models(device)]
-        model_noise = torch.from_numpy(np.stack(outputs, axis=1))
-    sampler = PatchSampler(pool, model_noise, config.patch_size, config.augment, generator)
+        aligned.append(torch.from_numpy(np.stack(outputs, axis=1)))
+    if source.local_level:
+        aligned.append(torch.from_numpy(local_level_map(pool_hu))[:, None])
+    sampler = PatchSampler(pool, torch.cat(aligned, dim=1) if aligned else None, config.patch_size,
+                           config.augment, generator)
     if kind == "spectral":
         source.fit_spectrum(sampler.sample(128)[1])
-    if config.noise_level == "input" and np.isfinite(estimate.std_hu) and oracle_noise is None:
+    if levelled:  # after the map: the map moves the level, the estimate sets it
         source.level_factor = estimate.std_hu / pseudo_noise_std(sampler, source, norm)
     return sampler, source
 
