@@ -6,7 +6,10 @@ the level and the views reach into the engine by replacing two of its functions.
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --set lr=0.0002
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --level 1.15
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --views --cases ts_chest:d12_hann
-    OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --local-level all
+    OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --set noise_level=input
+
+The local-level variants of docs/LEVERS.md section 5 (`all`, `tissue`, `flat`) were measured with this
+script's `--local-level` of commit 2b40b6f; `flat` is now the engine's noise_level "local".
 """
 
 from __future__ import annotations
@@ -33,54 +36,6 @@ def dihedral_mean(apply, volume: np.ndarray) -> np.ndarray:
     return np.mean(outputs, axis=0)
 
 
-def local_level_map(pool_hu: np.ndarray, window_px: float = 12.0, where: str = "all") -> np.ndarray:
-    """Where the input is noisier or quieter than on average (CT noise is not stationary: higher
-    behind bone and across the widest body paths): local RMS of a fine-scale residual, clipped at 3
-    robust SDs so that edges count little, over its mean in soft tissue. (S, H, W) -> same shape.
-    where: "all" pixels; "tissue", soft tissue away from air and bone only (normalised convolution),
-    1 where no tissue is near; "flat", the estimator's flat soft tissue (no organ borders, vessels)."""
-    from scipy import ndimage
-
-    from SelfSupCTDenoiseLib.engine.noise_level import flat_soft_tissue_mask, soft_tissue_mask
-
-    maps = []
-    for image in pool_hu.astype(np.float32):
-        residual = image - ndimage.uniform_filter(image, size=3)
-        mad = 1.4826 * np.median(np.abs(residual - np.median(residual)))
-        tissue = soft_tissue_mask(image) if where != "flat" else flat_soft_tissue_mask(image)
-        clipped = np.clip(residual, -3 * mad, 3 * mad) ** 2
-        if where != "all" and tissue.sum() > 64:
-            weight = ndimage.gaussian_filter(tissue.astype(np.float32), window_px)
-            power = ndimage.gaussian_filter(clipped * tissue, window_px) / np.maximum(weight, 1e-6)
-            reference = power[tissue].mean()
-            near = np.clip(weight / 0.1, 0.0, 1.0)  # blend to 1 where under a tenth of the window is tissue
-            maps.append(near * np.sqrt(np.clip(power / reference, 1 / 16, 16)) + (1 - near))
-            continue
-        power = ndimage.gaussian_filter(clipped, window_px)
-        reference = power[tissue].mean() if tissue.sum() > 64 else power.mean()
-        maps.append(np.sqrt(np.clip(power / max(reference, 1e-12), 1 / 16, 16)))
-    return np.stack(maps)
-
-
-def use_local_level(run_module, where: str) -> None:
-    """Pseudo-noise times the input's local level map (aligned crops ride in the sampler's model
-    channel), then levelled to the estimate again."""
-    import torch
-
-    prepare = run_module.prepare_pseudo_pairs
-
-    def prepare_local(volume, bundle, config, device, generator, estimate, *a, **k):
-        sampler, source = prepare(volume, bundle, config, device, generator, estimate, *a, **k)
-        pool_hu = bundle.normalization.to_hu(sampler.pool[:, 0].numpy())
-        sampler.model_noise = torch.from_numpy(local_level_map(pool_hu, where=where))[:, None].float()
-        draw = source.draw
-        source.draw = lambda level_map, shape, dev: draw(None, shape, dev) * level_map.to(dev)
-        source.level_factor *= estimate.std_hu / run_module.pseudo_noise_std(sampler, source, bundle.normalization)
-        return sampler, source
-
-    run_module.prepare_pseudo_pairs = prepare_local
-
-
 def main() -> None:
     import SelfSupCTDenoiseLib.engine.adapt as adapt_module
     import SelfSupCTDenoiseLib.engine.run as run_module
@@ -96,8 +51,6 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="AdaptConfig fields, key=value")
     parser.add_argument("--level", type=float, default=1.0, help="pseudo-noise level / the estimate")
     parser.add_argument("--views", action="store_true", help="also score 8 flips and 3 planes")
-    parser.add_argument("--local-level", choices=("all", "tissue", "flat"), default=None,
-                        help="pseudo-noise follows the local noise level, measured where (local_level_map)")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     norm = bundle.normalization
@@ -106,8 +59,6 @@ def main() -> None:
     config = defaults.with_(threads=1, **overrides)
     measured = run_module.pseudo_noise_std  # the level factor is the estimate over this
     run_module.pseudo_noise_std = lambda *a, **k: measured(*a, **k) / args.level
-    if args.local_level:
-        use_local_level(run_module, args.local_level)
     adapted = {}
     adapt = adapt_module.adapt
 
@@ -124,7 +75,7 @@ def main() -> None:
     for case in args.cases.split(","):
         ldct, reference, _ = read_case(args.dataset, case)
         result = run_module.denoise_array(ldct, bundle, config)
-        row = {"case": case, "set": args.set, "level": args.level, "local_level": args.local_level, "psnr_soft": compare(result.denoised, reference)["psnr_soft"],
+        row = {"case": case, "set": args.set, "level": args.level, "psnr_soft": compare(result.denoised, reference)["psnr_soft"],
                "guard_fell_back": bool((result.info["run"].get("guard") or {}).get("fell_back"))}
         if args.views and not row["guard_fell_back"]:
             row["psnr_soft_8_views"] = compare(dihedral_mean(apply, ldct), reference)["psnr_soft"]
