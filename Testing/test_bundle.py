@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from SelfSupCTDenoiseLib.engine.bundle import load_bundle
-from SelfSupCTDenoiseLib.errors import BundleError
+from SelfSupCTDenoiseLib.errors import BundleError, InputError
 
 
 def copy_bundle(bundle, tmp_path):
@@ -90,6 +90,39 @@ def test_pretraining_resumes_from_checkpoints(tmp_path):
     first_denoiser_steps = [s for p, s in resumed if p == "pretrain denoiser" and s > 0]
     assert first_denoiser_steps[0] == 21  # continued after the checkpoint at step 20
     assert len(json.loads((bundle.path / "loss_curves.json").read_text(encoding="utf-8"))["denoiser"]) == 40
+
+
+
+def test_pretraining_can_push_a_finished_prior_further(tiny_bundle, tmp_path):
+    """--init-from: the denoiser starts from a bundle's weights (a new cosine schedule), not from scratch."""
+    from conftest import synthetic_subjects
+    from SelfSupCTDenoiseLib.data.phantom import noisy_pair
+    from SelfSupCTDenoiseLib.engine.train import PretrainConfig, pretrain
+
+    config = PretrainConfig(profile="tiny", denoiser_steps=5, noise_model_steps=5, batch_size=4,
+                            patch_size=32, calibration_patches=16, lr=1e-5)
+    subjects = synthetic_subjects(n=1, slices=2)
+    ldct, ndct = noisy_pair(2, 64, 30.0, seed=11)
+
+    def error(bundle):
+        with torch.no_grad():
+            norm = bundle.normalization
+            out = bundle.build_denoiser()(torch.from_numpy(norm.to_model(ldct))[:, None])[:, 0].numpy()
+        return float(np.abs(norm.to_hu(out) - ndct).mean())
+
+    pushed = pretrain(subjects, tmp_path / "pushed", config, init_from=tiny_bundle.path)
+    scratch = pretrain(subjects, tmp_path / "scratch", config)
+    def distance(a, b):  # relative distance of the denoisers' weights
+        wa, wb = (torch.cat([p.flatten() for p in x.build_denoiser().parameters()]) for x in (a, b))
+        return float((wa - wb).norm() / wb.norm())
+
+    assert distance(pushed, tiny_bundle) < 0.05 < distance(scratch, tiny_bundle)  # 5 small steps from the prior
+    assert error(pushed) == pytest.approx(error(tiny_bundle), rel=0.05) and error(pushed) < error(scratch)
+    record = pushed.manifest["training"]["init_from"]
+    assert record["sha256"] == tiny_bundle.sha256 and record["denoiser_steps"] == 300
+    with pytest.raises(InputError, match="tiny bundle: it cannot start a lite"):
+        pretrain(subjects, tmp_path / "other", PretrainConfig(profile="lite", denoiser_steps=1),
+                 init_from=tiny_bundle.path)
 
 
 def test_shipped_bundles_are_trained_only_on_redistributable_ct():

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "these subjects (no training)")
     parser.add_argument("--noise-models-from", type=Path, metavar="BUNDLE",
                         help="with --recalibrate: take the noise models of this bundle (same profile)")
+    parser.add_argument("--init-from", type=Path, metavar="BUNDLE",
+                        help="start the denoiser from this bundle's (same profile), with a new cosine "
+                             "schedule of --denoiser-steps: pushes a finished prior further")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -103,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.train import PretrainConfig, pretrain, recalibrate
     from .console import TqdmProgress
 
+    if args.init_from and args.recalibrate:
+        raise InputError("--init-from starts a pre-training; --recalibrate trains nothing.")
     if args.noise_models_from and not args.recalibrate:
         raise InputError("--noise-models-from goes with --recalibrate (pre-training makes its own noise models).")
     config = PretrainConfig(profile=args.profile, method=args.method, denoiser_steps=args.denoiser_steps,
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     progress = TqdmProgress(enabled=not args.quiet)
     try:
-        bundle = pretrain(subjects, args.out, config, progress)
+        bundle = pretrain(subjects, args.out, config, progress, init_from=args.init_from)
     finally:
         progress.close()
     losses = bundle.manifest["training"]["final_losses"]

@@ -198,7 +198,10 @@ def calibrate(subjects: Sequence[Subject], noise_models: Sequence[torch.nn.Modul
 
 
 def pretrain(subjects: Sequence[Subject], output: Path, config: PretrainConfig = PretrainConfig(),
-             progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> Bundle:
+             progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+             init_from: Optional[Path] = None) -> Bundle:
+    """Pre-train a bundle at `output`. `init_from`: a bundle of the same profile whose denoiser is the
+    start (a new cosine schedule of `config.denoiser_steps`): pushes a finished prior further."""
     if not subjects:
         raise InputError("Pre-training needs at least one training subject (LDCT/NDCT pair).")
     if config.method == "n2n" and any(s.ldct_b is None for s in subjects):
@@ -214,6 +217,14 @@ def pretrain(subjects: Sequence[Subject], output: Path, config: PretrainConfig =
     loss_fn = _loss_fn(config.loss)
 
     denoiser = RedCNN(**profile.denoiser_kwargs())
+    start = None
+    if init_from is not None:
+        from .bundle import load_bundle
+
+        start = load_bundle(init_from)
+        if start.profile != profile:
+            raise InputError(f"{init_from} is a {start.profile.name} bundle: it cannot start a {profile.name} denoiser.")
+        denoiser.load_state_dict(start.build_denoiser("cpu").state_dict())
     if config.method == "n2c":
         pairs = PairSampler([(s.ldct, s.ndct) for s in subjects], config.patch_size, generator)
     elif config.method == "n2n":
@@ -256,6 +267,11 @@ def pretrain(subjects: Sequence[Subject], output: Path, config: PretrainConfig =
         "elapsed_s": round(time.time() - started, 1), "date": time.strftime("%Y-%m-%d"),
         "final_losses": {k: float(np.mean(v[-50:])) for k, v in curves.items()},
     }
+    if start is not None:
+        previous = start.manifest["training"]
+        training["init_from"] = {"name": start.manifest.get("name"), "sha256": start.sha256,
+                                 "denoiser_steps": previous.get("config", {}).get("denoiser_steps"),
+                                 "subjects": [s["name"] for s in previous.get("subjects", [])]}
     bundle = save_bundle(output, profile=profile, normalization=norm, denoiser_state=denoiser.state_dict(),
                          noise_model_states=[m.state_dict() for m in noise_models], calibration=calibration,
                          noise_histogram=noise_histogram, training=training, loss_curves=curves)
