@@ -70,6 +70,7 @@ def test_parts_merge_without_duplicates_and_the_report_is_written(results, tmp_p
     assert merged["meta"]["date"] == "2999-01-01 00:00 UTC"  # the newest part's
     assert len(merged["rows"]) == len(results["rows"])
     assert len(merged["estimator"]) == len(results["estimator"])
+    assert results["curves"] and len(merged["curves"]) == len(results["curves"])  # a curve once too
     report = write_report(merged, tmp_path, "test").read_text(encoding="utf-8")
     assert "## Protocol `clean`, d25_hann" in report and "## Protocol `ndct`, d25_hann" in report
     assert "| clean | phantom0 | d25_hann |" in report  # the estimator table

@@ -187,12 +187,17 @@ def _case(entry: Dict[str, Any]):
 
 
 def merge_results(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Combine runs made in parallel (e.g. one process per dose) into one result."""
+    """Combine runs made in parallel (e.g. one process per dose) into one result. Where parts
+    overlap, the first part's rows, curves and estimates are kept: list a rerun first."""
     merged = {"rows": [], "curves": [], "estimator": [], "nps_ratios": {}, "band_edges": parts[0]["band_edges"],
               "meta": dict(parts[0]["meta"])}
     seen, cases = set(), set()
     for part in parts:
-        merged["curves"] += part["curves"]
+        for curve in part["curves"]:  # like the rows: the first part's wins
+            key = ("curve", curve["protocol"], curve["tag"], curve["subject"], curve["method"])
+            if key not in seen:
+                seen.add(key)
+                merged["curves"].append(curve)
         for entry in part["estimator"]:  # one estimate per case, like the rows
             if _case(entry) not in cases:
                 cases.add(_case(entry))
