@@ -26,7 +26,7 @@ class PatchSampler(RandomCrops):
     def __init__(self, pool: torch.Tensor, aligned: Optional[torch.Tensor], patch_size: int,
                  augment: str, generator: torch.Generator) -> None:
         super().__init__(generator)
-        self.pool, self.has_aligned = pool, aligned is not None
+        self.pool = pool
         self.stack = pool if aligned is None else torch.cat([pool, aligned], dim=1)  # cropped together
         self.patch_size, self.augment = patch_size, augment
 
@@ -38,11 +38,10 @@ class PatchSampler(RandomCrops):
             crop = max(8, min(round(self.patch_size / scale), h, w))
         else:
             crop = min(self.patch_size, h, w)
-        stack = self.stack
         patches = []
         for _ in range(batch_size):
             i, y, x = self._corner(s, h, w, crop)
-            patch = stack[i, :, y:y + crop, x:x + crop]
+            patch = self.stack[i, :, y:y + crop, x:x + crop]
             if self.augment == "rot90flip":
                 patch = torch.rot90(patch, self._randint(4), dims=(-2, -1))
             if self._randint(2):
@@ -54,7 +53,7 @@ class PatchSampler(RandomCrops):
         if batch.shape[-1] != self.patch_size:
             batch = F.interpolate(batch, size=(self.patch_size, self.patch_size), mode="bilinear",
                                   align_corners=False)
-        return batch[:, :1], (batch[:, 1:] if self.has_aligned else None)
+        return batch[:, :1], (batch[:, 1:] if batch.shape[1] > 1 else None)
 
 
 @dataclass
