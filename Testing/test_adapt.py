@@ -121,19 +121,6 @@ def test_no_teacher_update_ablation_never_updates(tiny_bundle):
     assert history.teacher_updates == []
 
 
-def test_weight_average_is_the_running_mean_of_the_student(tiny_bundle):
-    # One step, one period: the averaged result is decay * start + (1 - decay) * the plain result.
-    plain_config = AdaptConfig(steps=1, period=1, batch_size=2, patch_size=32)
-    base = tiny_bundle.build_denoiser()
-    plain, _ = adapt(base, *make_setup(tiny_bundle, plain_config), plain_config)
-    averaged_config = plain_config.with_(ema_decay=0.75)
-    averaged, _ = adapt(base, *make_setup(tiny_bundle, averaged_config), averaged_config)
-    for name, start in base.state_dict().items():
-        expected = 0.75 * start + 0.25 * plain.state_dict()[name]
-        assert torch.allclose(averaged.state_dict()[name], expected, atol=1e-7), name
-    assert any(not torch.equal(plain.state_dict()[k], averaged.state_dict()[k]) for k in base.state_dict())
-
-
 def test_adaptation_is_deterministic_on_cpu_and_leaves_the_input_model_alone(tiny_bundle):
     config = AdaptConfig(steps=6, period=3, batch_size=2, patch_size=32)
     base = tiny_bundle.build_denoiser()

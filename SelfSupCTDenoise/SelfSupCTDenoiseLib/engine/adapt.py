@@ -94,7 +94,6 @@ def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseS
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = dict(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
-    average = copy.deepcopy(student).eval().requires_grad_(False) if config.ema_decay > 0 else None
     history = AdaptHistory()
     timer = PhaseTimer("adapt", config.steps, progress, cancel)
     period_losses: List[float] = []
@@ -111,10 +110,6 @@ def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseS
             history.diverged_at = step
             break
         optimizer_step(loss, optimizer, scaler)
-        if average is not None:
-            with torch.no_grad():
-                for kept, new in zip(average.parameters(), student.parameters()):
-                    kept.lerp_(new, 1.0 - config.ema_decay)
         history.losses.append(loss.item())
         history.learning_rates.append(optimizer.param_groups[0]["lr"])
         period_losses.append(history.losses[-1])
@@ -127,5 +122,5 @@ def adapt(denoiser: torch.nn.Module, sampler: PatchSampler, source: PseudoNoiseS
             scheduler.step(sum(period_losses) / len(period_losses))
             period_losses = []
         timer.emit(step, history.losses[-1])
-    result = average if average is not None else teacher if config.teacher_update else student
+    result = teacher if config.teacher_update else student
     return result.eval().requires_grad_(False), history

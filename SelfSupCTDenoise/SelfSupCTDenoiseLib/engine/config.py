@@ -94,7 +94,6 @@ class AdaptConfig:
     patch_size: int = 64
     seed: int = 0
     teacher_update: bool = True      # False = the paper's "w/o theta update" ablation
-    ema_decay: float = 0.0           # > 0: teacher updates (and the result) take the running weight average of the student
     pseudo_noise: str = "fitted"
     noise_level: str = "local"
     augment: str = "rot90flip"
@@ -135,8 +134,6 @@ class AdaptConfig:
             problems.append(f"device must be one of {', '.join(DEVICES)}")
         if not 0.0 <= self.strength <= 1.0:
             problems.append("strength must be within [0, 1]")
-        if not 0.0 <= self.ema_decay < 1.0:
-            problems.append("ema_decay must be within [0, 1)")
         if self.gaussian_sigma_hu <= 0:
             problems.append("gaussian_sigma_hu must be > 0")
         if problems:
