@@ -171,7 +171,8 @@ def test_a_non_finite_pretrained_output_is_an_error_not_an_output(tiny_bundle, u
 # --- threads: same input, seed, thread count, device and torch build -> same output -------------
 
 
-def test_same_seed_and_thread_count_give_the_same_output_and_the_threads_are_recorded(tiny_bundle, unseen_dose):
+def test_same_seed_and_thread_count_give_the_same_output_and_the_threads_are_recorded(tiny_bundle, unseen_dose,
+                                                                                       monkeypatch):
     ldct = unseen_dose[0][:3]
     before = torch.get_num_threads()
     seen = []
@@ -181,9 +182,12 @@ def test_same_seed_and_thread_count_give_the_same_output_and_the_threads_are_rec
     assert np.array_equal(a.denoised, b.denoised)
     assert set(seen) == {1} and torch.get_num_threads() == before  # set for the run, restored after it
     assert a.info["threads"] == 1 and a.info["parameters"]["threads"] == 1
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # 0 = every core unless the environment limits it
     every_core = denoise_array(ldct, tiny_bundle, config.with_(steps=0, threads=0)).info
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert every_core["threads"] == cores and every_core["parameters"]["threads"] == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert denoise_array(ldct, tiny_bundle, config.with_(steps=0, threads=0)).info["threads"] == 3
 
 
 def test_threads_reach_the_engine_from_the_command_line_and_the_slicer_worker(tiny_bundle, unseen_dose, tmp_path,
