@@ -1,4 +1,5 @@
-"""benchmarks/levers/common.py: the 2.5D wrapper the lever experiments of docs/LEVERS.md start from."""
+"""benchmarks/levers/: the 2.5D wrapper (common.py) and the widened prior (widen_prior.py) that lever experiments
+of docs/LEVERS.md start from."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from SelfSupCTDenoiseLib.engine.networks.redcnn import RedCNN
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _common():
-    spec = importlib.util.spec_from_file_location("levers_common", ROOT / "benchmarks" / "levers" / "common.py")
+def _common(name="common"):
+    spec = importlib.util.spec_from_file_location(f"levers_{name}", ROOT / "benchmarks" / "levers" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -47,3 +48,22 @@ def test_neighbour_stacks_repeat_the_edge_slices():
     volume = torch.arange(4.0)[:, None, None].expand(4, 2, 2)
     stacks = common.neighbour_stacks(volume, [0, 3], reach=2)
     assert stacks[:, :, 0, 0].tolist() == [[0, 0, 0, 1, 2], [1, 2, 3, 3, 3]]
+
+
+def test_widened_network_computes_the_narrow_one_until_trained_then_uses_its_new_channels():
+    widen = _common("widen_prior").widen
+    torch.manual_seed(0)
+    narrow = RedCNN(channels=8, kernel_size=3)
+    torch.nn.init.normal_(narrow.tconv5.weight, std=0.05)  # not the identity
+    wide = widen(narrow, 12, torch.Generator().manual_seed(0))
+    assert wide.conv2.weight.shape == (12, 12, 3, 3) and wide.tconv5.weight.shape == (12, 1, 3, 3)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(wide(x), narrow(x))
+    optimizer = torch.optim.Adam(wide.parameters(), lr=1e-3)
+    for _ in range(3):
+        loss = torch.nn.functional.mse_loss(wide(x), torch.zeros_like(x))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert wide.conv3.weight[:, 8:].abs().max() > 0  # the new channels are read now

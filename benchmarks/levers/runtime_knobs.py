@@ -75,7 +75,8 @@ def main() -> None:
     for case in args.cases.split(","):
         ldct, reference, _ = read_case(args.dataset, case)
         result = run_module.denoise_array(ldct, bundle, config)
-        row = {"case": case, "set": args.set, "level": args.level, "psnr_soft": compare(result.denoised, reference)["psnr_soft"],
+        row = {"case": case, "set": args.set, "level": args.level, **({"bundle": args.bundle} if args.bundle else {}),
+               "psnr_soft": compare(result.denoised, reference)["psnr_soft"],
                "guard_fell_back": bool((result.info["run"].get("guard") or {}).get("fell_back"))}
         if args.views and not row["guard_fell_back"]:
             row["psnr_soft_8_views"] = compare(dihedral_mean(apply, ldct), reference)["psnr_soft"]
