@@ -55,7 +55,7 @@ def test_widened_network_computes_the_narrow_one_until_trained_then_uses_its_new
     torch.manual_seed(0)
     narrow = RedCNN(channels=8, kernel_size=3)
     torch.nn.init.normal_(narrow.tconv5.weight, std=0.05)  # not the identity
-    wide = widen(narrow, 12, torch.Generator().manual_seed(0))
+    wide = widen(narrow, 12)
     assert wide.conv2.weight.shape == (12, 12, 3, 3) and wide.tconv5.weight.shape == (12, 1, 3, 3)
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():

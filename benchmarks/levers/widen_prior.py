@@ -4,7 +4,7 @@ zero weights), then pre-trained further on the shipped bundle's six protocols. E
 code: it writes a bundle whose profile is `lite` with the wider denoiser, with the shipped bundle's
 noise models and calibration.
 
-    OMP_NUM_THREADS=2 python benchmarks/levers/widen_prior.py --channels 48 --steps 6000 \
+    OMP_NUM_THREADS=1 python benchmarks/levers/widen_prior.py --channels 48 --steps 3000 \
         --dataset data/sim_train --out out/wide/lite48        # resumes from its checkpoint
 """
 
@@ -21,9 +21,10 @@ import torch
 TAGS = ["d25_hann", "d50_hann", "d18_hann", "d25_shepplogan", "d50_shepplogan", "d35_hamming"]
 
 
-def widen(narrow: torch.nn.Module, channels: int, generator: torch.Generator) -> torch.nn.Module:
+def widen(narrow: torch.nn.Module, channels: int) -> torch.nn.Module:
     """RED-CNN with `channels` feature channels computing what `narrow` computes: the old weights in
-    the first channels, weights that make new channels drawn at random, weights that read them zero."""
+    the first channels, weights that make new channels drawn by torch's default initialisation (seed it
+    for a repeatable draw), weights that read them zero."""
     from SelfSupCTDenoiseLib.engine.networks.redcnn import RedCNN
 
     wide = RedCNN(channels=channels, kernel_size=narrow.kernel_size, identity_init=False)
@@ -53,7 +54,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--channels", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--dataset", type=Path, default=Path("data/sim_train"))
     parser.add_argument("--from-bundle", type=Path, default=None, help="the narrow bundle [shipped lite]")
@@ -62,7 +63,7 @@ def main() -> None:
     start = load_bundle(args.from_bundle)
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = widen(start.build_denoiser("cpu"), args.channels, generator)
+    model = widen(start.build_denoiser("cpu"), args.channels)
     subjects = subjects_from_args(SimpleNamespace(pair=[], dataset=args.dataset, tag=TAGS, subjects=None))
     pairs = PairSampler([(s.ldct, s.ndct) for s in subjects], 64, generator)
     norm = start.normalization
@@ -74,8 +75,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     curve = fit(model, loss, args.steps, args.lr, args.out.parent / f"{args.out.name}.checkpoint.pt", 250,
                 generator, "widened pretrain")
-    entries = [start.manifest["files"]["denoiser"], *start.manifest["files"]["noise_models"]]
-    noise_states = [torch.load(start.path / e["name"], map_location="cpu", weights_only=True) for e in entries[1:]]
+    noise_states = [torch.load(start.path / entry["name"], map_location="cpu", weights_only=True)
+                    for entry in start.manifest["files"]["noise_models"]]
     training = dict(start.manifest["training"], widened={
         "from_sha256": start.sha256, "channels": args.channels, "steps": args.steps, "lr": args.lr, "tags": TAGS,
         "final_loss": float(sum(curve[-50:]) / len(curve[-50:]))})
