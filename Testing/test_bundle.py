@@ -151,7 +151,8 @@ def test_licence_rule_refuses_non_commercial_and_unknown():
 @pytest.mark.parametrize("name", ["lite", "paper"])
 def test_shipped_bundle_loads_verified_and_denoises_a_phantom(name):
     """Both shipped bundles load (every checksum verified), have the profile their folder names, and
-    lower the noise of a noisy phantom slice without shifting its mean; `auto` picks paper on CUDA."""
+    lower the noise of a noisy phantom slice without shifting its mean; `auto` picks lite on CUDA too
+    (the shipped paper bundle scored below lite on unseen noise, issue 25)."""
     import numpy as np
 
     from SelfSupCTDenoiseLib.data.phantom import noisy_pair
@@ -170,7 +171,7 @@ def test_shipped_bundle_loads_verified_and_denoises_a_phantom(name):
     # this phantom's noise by itself (0.71x left; the d25-only lite left 0.63x); adaptation does the rest
     assert np.std((out - ndct)[body]) < 0.8 * np.std((ldct - ndct)[body])
     assert abs(float(np.mean((out - ndct)[body]))) < 5
-    assert default_bundle_for_device("cuda") == models_dir() / "paper"
+    assert default_bundle_for_device("cuda") == models_dir() / "lite"
     assert default_bundle_for_device("cpu") == models_dir() / "lite"
 
 

@@ -131,7 +131,7 @@ def test_build_dataset_on_a_local_file(tmp_path, dose_reference):
         assert out.GetOrigin() == (-96.0, -90.0, 12.5) and out.GetPixelID() == sitk.sitkInt16
     entry = json.loads((tmp_path / "sim" / "manifest.json").read_text(encoding="utf-8"))["subjects"][0]
     assert entry == manifest["subjects"][0]
-    assert manifest["splits"] == {"train": [], "test": ["phantom"]}
+    assert manifest["splits"] == {"train": [], "validation": [], "test": ["phantom"]}
     tags = entry["tags"]
     assert tags["d25_hann"]["noise_std_hu"] > tags["d50_hann"]["noise_std_hu"] > 0
     assert entry["ndct_noise_sd_hu"] == pytest.approx(5.0, rel=0.25)

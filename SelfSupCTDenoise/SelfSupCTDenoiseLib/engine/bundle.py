@@ -196,8 +196,19 @@ def save_bundle(path: os.PathLike, *, profile: NetworkProfile, normalization: No
 
 
 def default_bundle_for_device(device_type: str, folder: Optional[Path] = None) -> Path:
-    """The full `paper` model on CUDA when that bundle is installed, else the CPU profile `lite`
-    (in `folder`, default: the shipped models). The Slicer panel's 'auto' uses this too."""
+    """The bundle `auto` picks (in `folder`, default: the shipped models): one whose manifest lists
+    this device under `auto_on`, else `lite`. The Slicer panel's 'auto' uses this too.
+
+    A bigger network is not a better prior: the shipped `paper` bundle, trained on fewer protocols,
+    scored below `lite` on unseen noise (docs/DATA.md). So `auto_on` is written into a manifest only
+    for a bundle measured at least as good as `lite` on the benchmark's unseen protocols on that
+    device; none ships with it today."""
     folder = Path(folder) if folder is not None else models_dir()
-    paper = folder / "paper"
-    return paper if device_type == "cuda" and (paper / MANIFEST).exists() else folder / "lite"
+    for path in sorted(p for p in folder.iterdir() if (p / MANIFEST).is_file()) if folder.is_dir() else ():
+        try:
+            auto_on = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("auto_on", ())
+        except (OSError, ValueError, AttributeError):
+            continue
+        if device_type in auto_on:
+            return path
+    return folder / "lite"
