@@ -118,12 +118,14 @@ def test_pretraining_reads_the_training_subjects_of_several_simulated_folders(tm
     from SelfSupCTDenoiseLib.files.volumes import write_volume
 
     tags = ["d25_hann", "d50_hann"]
+    ct = np.random.default_rng(0).normal(40, 20, (2, 16, 16)).astype(np.int16)
+    ct[:, :, :4] = -1000       # air beside soft tissue: the CT check passes
     for folder, keys in (("a", ("old",)), ("b", ("new1", "new2", "held"))):
         subjects = []
         for key in keys:
             (tmp_path / folder / key).mkdir(parents=True)
             for name in ["ndct"] + [f"ldct_{t}" for t in tags]:
-                write_volume(sitk.GetImageFromArray(np.zeros((2, 16, 16), np.int16)), tmp_path / folder / key / f"{name}.nrrd")
+                write_volume(sitk.GetImageFromArray(ct), tmp_path / folder / key / f"{name}.nrrd")
             subjects.append({"key": key, "split": "validation" if key == "held" else "train", "licence": "CC BY 4.0"})
         (tmp_path / folder / "manifest.json").write_text(json.dumps({"subjects": subjects}))
     args = argparse.Namespace(pair=[], dataset=[tmp_path / "a", tmp_path / "b"], tag=tags, subjects=None)
