@@ -73,6 +73,7 @@ class SelfSupCTDenoiseParameterNode:
     device: Annotated[str, Choice(list(settings.DEVICE_CHOICES))] = DEFAULTS.device
     threads: Annotated[int, WithinRange(0, 1024)] = DEFAULTS.threads  # CPU threads; 0 = all cores
     pretrainedOnly: bool = False
+    ctCheck: bool = DEFAULTS.ct_check  # off: denoise what does not look like CT in HU (recorded with the result)
 
 
 class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -326,7 +327,7 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         return settings.buildConfig(steps=params.steps, period=params.period, learningRate=params.learningRate,
                                     batchSize=params.batchSize, seed=params.seed, device=params.device,
                                     strength=params.strength, pretrainedOnly=params.pretrainedOnly,
-                                    threads=int(params.threads))
+                                    threads=int(params.threads), ctCheck=params.ctCheck)
 
     def estimateText(self, params: SelfSupCTDenoiseParameterNode) -> str:
         volume = params.inputVolume
@@ -444,11 +445,14 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         info = job.result.info
         run = info.get("run") or {}
         fellBack = (run.get("guard") or {}).get("fell_back")
+        overridden = (run.get("ct_check") or {}).get("overridden")
         return (_("Done in {time} on {device}.").format(time=settings.formatDuration(job.result.elapsedS),
                                                         device=info.get("device", "?"))
                 + " " + describe_run_estimate(run) + "."
                 + (" " + _("Adaptation was rejected by the guard: the pretrained model's output is shown.")
-                   if fellBack else ""))
+                   if fellBack else "")
+                + (" " + _("The CT check was off: the input does not look like CT in HU (recorded with the result).")
+                   if overridden else ""))
 
 
 class SelfSupCTDenoiseTest(ScriptedLoadableModuleTest):

@@ -8,6 +8,7 @@ from SelfSupCTDenoiseLib.cli import main
 from SelfSupCTDenoiseLib.data.dataset import sample_paths
 from SelfSupCTDenoiseLib.data.phantom import clean_phantom, correlated_noise
 from SelfSupCTDenoiseLib.errors import InputError
+from SelfSupCTDenoiseLib.files.provenance_io import from_nrrd_fields, read_sidecar
 from SelfSupCTDenoiseLib.files.volumes import read_volume
 
 
@@ -97,3 +98,86 @@ def test_ct_volumes_are_accepted(tmp_path, make):
 def test_the_shipped_sample_is_accepted():
     for path in sample_paths().values():
         assert read_volume(path).GetSize()[2] > 1
+
+
+def normalised():
+    """CT scaled to 0..1 (as some pipelines export it): not HU, whatever its shape."""
+    return ((np.clip(ct_hu(), -1024, 3071) + 1024) / 4095).astype(np.float32)
+
+
+def test_normalised_ct_is_refused_as_not_hu(tmp_path):
+    with pytest.raises(InputError, match="below -50 HU.*CT only"):
+        read_volume(write(tmp_path, normalised()))
+
+
+@pytest.mark.parametrize("make", [mr_like, lambda: stored_values(np.uint16)], ids=["mr", "stored-values"])
+def test_the_check_turned_off_reads_the_volume_unchanged(tmp_path, make):
+    array = make()
+    image = read_volume(write(tmp_path, array), ct_check=False)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), array)
+
+
+OFF = ["--steps", "0", "--quiet", "--device", "cpu", "--threads", "1"]
+
+
+def test_cli_denoises_with_the_check_off_and_the_provenance_says_what_it_overrode(tmp_path, tiny_bundle, capsys):
+    source = write(tmp_path, mr_like())
+    out = tmp_path / "out.nrrd"
+    bundle = ["--bundle", str(tiny_bundle.path)]
+    assert main(["denoise", str(source), str(out), *bundle, *OFF]) == 2
+    assert "CT only" in capsys.readouterr().err and not out.exists()
+    assert main(["denoise", str(source), str(out), *bundle, *OFF, "--no-ct-check"]) == 0
+    assert "CT check overridden" in capsys.readouterr().out
+    record = read_sidecar(out)
+    assert record["parameters"]["ct_check"] is False
+    assert "does not look like CT in Hounsfield units" in record["run"]["ct_check"]["overridden"]
+    # the NRRD header carries the same record
+    header = sitk.ReadImage(str(out))
+    fields = from_nrrd_fields({key: header.GetMetaData(key) for key in header.GetMetaDataKeys()})
+    assert fields["run"]["ct_check"] == record["run"]["ct_check"]
+
+
+def test_the_check_on_or_off_over_ct_is_recorded_as_nothing_overridden(tmp_path, tiny_bundle):
+    source = write(tmp_path, np.round(ct_hu()).astype(np.int16))
+    bundle = ["--bundle", str(tiny_bundle.path)]
+    for flags, enabled in (([], True), (["--no-ct-check"], False)):
+        out = tmp_path / f"out{enabled}.nrrd"
+        assert main(["denoise", str(source), str(out), *bundle, *OFF, *flags]) == 0
+        assert read_sidecar(out)["run"]["ct_check"] == {"enabled": enabled, "overridden": None}
+
+
+def test_batch_with_the_check_off_and_a_rerun_without_it_skips_what_is_done(tmp_path, tiny_bundle, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.nrrd", "b.nrrd"):
+        write(inputs, mr_like(), name)
+    out = tmp_path / "out"
+    bundle = ["--bundle", str(tiny_bundle.path)]
+    assert main(["denoise", str(inputs), str(out), *bundle, *OFF]) == 1  # both refused
+    assert "0 done, 2 failed" in capsys.readouterr().out
+    assert main(["denoise", str(inputs), str(out), *bundle, *OFF, "--no-ct-check"]) == 0
+    assert all(read_sidecar(out / f"{n}_denoised.nrrd")["parameters"]["ct_check"] is False for n in "ab")
+    capsys.readouterr()
+    assert main(["denoise", str(inputs), str(out), *bundle, *OFF, "--no-ct-check"]) == 0  # the check changes no output
+    assert capsys.readouterr().out.count("skipped (already complete)") == 2
+
+
+def test_a_cohort_manifest_turns_the_check_off_for_one_volume(tmp_path, tiny_bundle):
+    from SelfSupCTDenoiseLib.cohort import task
+    from SelfSupCTDenoiseLib.cohort.inputs import read_cohort
+    from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+
+    write(tmp_path, mr_like(), "mr.nrrd")
+    write(tmp_path, mr_like(), "mr2.nrrd")
+    (tmp_path / "cohort.csv").write_text("path,ct-check\nmr.nrrd,false\nmr2.nrrd,\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    volumes = read_cohort([tmp_path / "cohort.csv"], out, AdaptConfig(steps=0, threads=1, device="cpu"))
+    assert [v.config.ct_check for v in volumes] == [False, True]
+    specs = [task.volume_spec(v, "run1", tiny_bundle.path, None, dicom_out=False, force=False, denoise=True)
+             for v in volumes]
+    assert task.process_volume(specs[0])["status"] == "done"
+    assert read_sidecar(out / "mr_denoised.nrrd")["run"]["ct_check"]["overridden"]
+    refused = task.process_volume(specs[1])
+    assert refused["status"] == "failed" and "CT only" in refused["error"]
+    assert not (out / "mr2_denoised.nrrd").exists()

@@ -263,6 +263,25 @@ def test_real_engine_from_node_to_nodes_keeps_geometry_and_hu(scene, tmp_path, t
     assert nodes.readProvenance(job.outputVolume)["bundle"]["sha256"] == tiny_bundle.sha256
 
 
+def test_the_panel_turns_the_ct_check_off_and_the_result_records_it(scene, tmp_path, tiny_bundle):
+    rng = np.random.default_rng(4)
+    array = (np.where(ct_array((4, 32, 32)) > -500, 600.0, 0.0) + rng.normal(0, 5, (4, 32, 32)) ** 2).astype(np.float32)
+    input_node = add_volume(scene, array, name="MR")  # non-negative, like magnitude MR: not CT in HU
+    with pytest.raises(nodes.InputVolumeError, match="Hounsfield"):
+        nodes.validateInputVolume(input_node)
+    values = dict(steps=0, period=1, learningRate=1e-4, batchSize=4, seed=0, device="cpu", strength=1.0)
+    assert settings.buildConfig(**values)["ct_check"] is True
+    config = settings.buildConfig(**values, ctCheck=False)  # the parameter node's name
+    assert config["ct_check"] is False
+    job = DenoiseJob(input_node, config, bundlePath=str(tiny_bundle.path),
+                     runner=WorkerRunner(pythonPath=[str(MODULE_DIR)], tempRoot=str(tmp_path)), forceCpu=True)
+    job.start()
+    assert job.waitForCompletion(180) is RunState.COMPLETED, job.message
+    provenance = nodes.readProvenance(job.outputVolume)
+    assert provenance["parameters"]["ct_check"] is False
+    assert "does not look like CT" in provenance["run"]["ct_check"]["overridden"]
+
+
 def test_input_removed_during_the_run_creates_nothing(scene, fake_worker, tmp_path):
     input_node = add_volume(scene, ct_array())
     job = make_job(fake_worker, tmp_path, input_node)

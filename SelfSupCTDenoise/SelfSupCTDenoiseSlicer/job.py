@@ -63,7 +63,7 @@ class DenoiseJob:
     def start(self) -> None:
         """Check the inputs, write the input file and launch the worker. Raises ValueError (with a
         message for the user) before anything starts; the scene is not modified."""
-        nodes.validateInputVolume(self.inputVolume)
+        nodes.validateInputVolume(self.inputVolume, bool(self.config.get("ct_check", True)))
         self._scene = self.inputVolume.GetScene()
         if self._scene is None:
             raise nodes.InputVolumeError("The input volume is not in a scene.")

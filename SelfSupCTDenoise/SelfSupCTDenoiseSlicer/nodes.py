@@ -65,8 +65,9 @@ def outputNames(inputName: str) -> tuple:
     return inputName + DENOISED_SUFFIX, inputName + NOISE_MAP_SUFFIX
 
 
-def validateInputVolume(volumeNode) -> None:
-    """Raise `InputVolumeError` unless `volumeNode` is a 3D single-channel CT volume in HU."""
+def validateInputVolume(volumeNode, ctCheck: bool = True) -> None:
+    """Raise `InputVolumeError` unless `volumeNode` is a 3D single-channel CT volume in HU (`ctCheck`
+    False: whether its values are CT in HU is not judged, as the engine's `ct_check`)."""
     if volumeNode is None:
         raise InputVolumeError("Select an input CT volume.")
     name = volumeNode.GetName() or volumeNode.GetID() or "the input"
@@ -100,7 +101,7 @@ def validateInputVolume(volumeNode) -> None:
     from SelfSupCTDenoiseLib.errors import InputError
 
     try:
-        check_ct_array(array, f"'{name}'")
+        check_ct_array(array, f"'{name}'", ctCheck)
     except InputError as exc:
         raise InputVolumeError(str(exc)) from None
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 AUTO_BUNDLE = "auto"
 #: The panel's parameter names that differ from the engine's `AdaptConfig` fields.
-PANEL_NAMES = {"learningRate": "lr", "batchSize": "batch_size"}
+PANEL_NAMES = {"learningRate": "lr", "batchSize": "batch_size", "ctCheck": "ct_check"}
 #: Panel switch without an engine field: skip the adaptation (steps 0).
 PRETRAINED_ONLY = "pretrainedOnly"
 

@@ -57,7 +57,7 @@ def plan(paths: List[Path]) -> Tuple[List[Tuple[Path, Path]], bool]:
 
 
 #: Parameters that do not change the result: a rerun that differs only in them skips complete outputs.
-RESUME_IGNORES = ("threads", "infer_batch")
+RESUME_IGNORES = ("threads", "infer_batch", "ct_check")
 
 
 def _differences(record: Dict[str, Any], config: AdaptConfig, bundle_sha256: Optional[str],
@@ -182,8 +182,10 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
         run = info["run"]
         guard = run.get("guard") or {}
+        overridden = (run.get("ct_check") or {}).get("overridden")
         note = "; ".join(filter(None, [describe_run_estimate(run),
-                                       "guard: used the pretrained model" if guard.get("fell_back") else ""]))
+                                       "guard: used the pretrained model" if guard.get("fell_back") else "",
+                                       "CT check overridden" if overridden else ""]))
         results.append((source, f"ok in {time.perf_counter() - started:.1f} s", note))
         if not batch:
             print(f"wrote {target}" + (f" and {noise_map}" if noise_map else "") + f" ({info['device']}, "

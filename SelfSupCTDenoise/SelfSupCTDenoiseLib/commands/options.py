@@ -48,6 +48,9 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
                        help="never copy the student into the teacher (the paper's ablation)")
     group.add_argument("--no-guard", dest="guard", action="store_const", const=False,
                        help="keep the adapted model even when the guard would fall back to the pretrained one")
+    group.add_argument("--no-ct-check", dest="ct_check", action="store_const", const=False,
+                       help="denoise even what does not look like CT in HU (the output's provenance records "
+                            "what the check would have said)")
     group.add_argument("--device", choices=DEVICES, help=f"auto = CUDA when available [{d.device}]")
     group.add_argument("--infer-batch", type=int, help="slices per inference batch [0 = per device: 1 on the CPU, 4 on CUDA]")
     group.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_const", const=False,

@@ -100,6 +100,7 @@ class AdaptConfig:
     gaussian_sigma_hu: float = 20.0  # for pseudo_noise="gaussian"
     adapt_slices: int = 32           # at most this many evenly spaced slices feed the patch pool
     guard: bool = True               # fall back to the pretrained output when adaptation goes wrong
+    ct_check: bool = True            # refuse what surely is not CT in HU (ct_array); off: the provenance says what it overrode
     device: str = "auto"
     infer_batch: int = 0             # slices per inference batch; 0 = per device (1 on CPU, 4 on CUDA; halved on OOM)
     mixed_precision: bool = True     # autocast on CUDA (ignored on CPU)

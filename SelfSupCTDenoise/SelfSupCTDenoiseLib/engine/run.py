@@ -16,7 +16,7 @@ from ..errors import BundleError
 from .arrays import all_finite, evenly_spaced, slabs
 from .bundle import Bundle
 from .config import AdaptConfig
-from .ct_array import HU_AIR, check_ct_array, padding_mask
+from .ct_array import HU_AIR, check_ct_array, overridden_refusal, padding_mask
 from .noise_level import NoiseEstimate, estimate_noise, local_level_map, soft_tissue_std
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 from .provenance import build_provenance
@@ -157,7 +157,7 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
     from .inference import apply_slicewise, describe_device, mixed_precision_dtype, resolve_device
 
     start = time.perf_counter()
-    check_ct_array(volume_hu)
+    check_ct_array(volume_hu, ct_check=config.ct_check)
     # Never copied whole: the networks, the noise estimate, the patches and the guard see model_view
     # (padding as air) of the slices they use, batch by batch; the padding is given back below.
     volume = np.asarray(volume_hu)
@@ -169,7 +169,10 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
     pretrained = bundle.build_denoiser(device)
     model = pretrained
     run_info: Dict[str, Any] = {"adaptation": None, "guard": None,
-                                "precision": str(amp_dtype or torch.float32).replace("torch.", "")}
+                                "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
+                                # with the check off: the refusal it overrode (None: it would have passed)
+                                "ct_check": {"enabled": config.ct_check,
+                                             "overridden": None if config.ct_check else overridden_refusal(volume)}}
     guard_index = evenly_spaced(len(volume), GUARD_SLICES)
     guard_outputs: Dict[Any, np.ndarray] = {}  # model -> its output on the guard's slices
     full = None  # the output at strength 1, made once the model is chosen

@@ -56,7 +56,7 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
         remove_stale_temps(folder, started)
     if progress is not None:
         progress(ProgressEvent("loading", message=str(input_path)))
-    image = read_volume(input_path)
+    image = read_volume(input_path, config.ct_check)
     bundle = load_bundle(bundle_path)
     array = sitk.GetArrayViewFromImage(image)  # read-only, no copy (`image` outlives it)
     result = denoise_array(array, bundle, config, progress, cancel, keep_full_strength=False)

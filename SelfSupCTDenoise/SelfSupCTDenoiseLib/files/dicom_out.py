@@ -185,6 +185,8 @@ def default_derivation(provenance: Optional[Mapping[str, Any]] = None, noise_map
             details.append(f"bundle {bundle.get('name')} sha256 {str(bundle['sha256'])[:16]}")
         if provenance.get("device"):
             details.append(f"device {provenance['device']}")
+        if ((provenance.get("run") or {}).get("ct_check") or {}).get("overridden"):
+            details.append("CT check overridden")
         if details:
             text += "; " + ", ".join(details)
     return (text + ". Research use, not for diagnosis.")[:1024]

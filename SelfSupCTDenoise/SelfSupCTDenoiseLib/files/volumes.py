@@ -48,8 +48,9 @@ def stem(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
 
 
-def read_volume(path: PathLike) -> sitk.Image:
-    """Read a 3D CT volume from a file or a DICOM series folder and validate it."""
+def read_volume(path: PathLike, ct_check: bool = True) -> sitk.Image:
+    """Read a 3D CT volume from a file or a DICOM series folder and validate it (`ct_check` False:
+    whether it is CT in HU is not judged, see `validate_image`)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"Input not found: {path}")
@@ -62,7 +63,7 @@ def read_volume(path: PathLike) -> sitk.Image:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(f"Cannot read {path}: {first}. Supported: NRRD, NIfTI, MHA/MHD files or a "
                          "folder holding one DICOM series.") from None
-    validate_image(image, str(path))
+    validate_image(image, str(path), ct_check)
     return image
 
 
@@ -173,7 +174,7 @@ def _check_slice_positions(image: sitk.Image, files: Sequence[Path], positions: 
                      "they do not form a regular volume. Resample the series to a regular grid first.")
 
 
-def validate_image(image: sitk.Image, name: str = "the input") -> None:
+def validate_image(image: sitk.Image, name: str = "the input", ct_check: bool = True) -> None:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} values per voxel (a vector, "
                          "colour or multi-echo image). SelfSupCTDenoise needs a single-channel CT volume in HU.")
@@ -181,7 +182,7 @@ def validate_image(image: sitk.Image, name: str = "the input") -> None:
         kind = "2D image" if image.GetDimension() == 2 else f"{image.GetDimension()}D image"
         raise InputError(f"{name} is a {kind}. SelfSupCTDenoise needs a 3D CT volume (for a time "
                          "series, extract one 3D frame first).")
-    check_ct_array(sitk.GetArrayViewFromImage(image), name)
+    check_ct_array(sitk.GetArrayViewFromImage(image), name, ct_check)
 
 
 def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
