@@ -27,7 +27,7 @@ def dataset(tmp_path_factory):
         files["clean_ldct_d25_hann"] = clean + correlated_noise(clean.shape, 45.0, seed=50 + i)
         for name, array in files.items():
             sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.float32)), str(root / key / f"{name}.nrrd"))
-        subjects.append({"key": key, "split": "test"})
+        subjects.append({"key": key, "split": "test", "ndct_noise_sd_hu": 5.0})
     (root / "manifest.json").write_text(json.dumps({"subjects": subjects, "tags": ["d25_hann"]}))
     return root
 
@@ -50,6 +50,38 @@ def test_rows_cover_every_protocol_subject_and_requested_method(results):
     for protocol in ("ndct", "clean"):
         for subject in ("phantom0", "phantom1"):
             assert by[(protocol, subject, "N2C (pretrained)")] > by[(protocol, subject, "LDCT")] + 1.0
+
+
+def test_every_row_says_how_much_grain_is_left_and_of_what_size(results):
+    """The over-smoothing columns: the untouched input in the clean protocol is its own noise (peak
+    ratio exactly 1, 45 HU over the NDCT's 5 HU); a denoiser leaves less noise than the input."""
+    for r in results["rows"]:
+        assert r["nps_peak_ratio"] > 0 and r["noise_vs_ndct"] > 0
+    ldct = [r for r in results["rows"] if r["method"] == "LDCT" and r["protocol"] == "clean"]
+    for r in ldct:
+        assert r["nps_peak_ratio"] == 1.0
+        assert r["noise_vs_ndct"] == pytest.approx(45.0 / 5.0, rel=0.2)
+        pretrained = next(p for p in results["rows"] if p["method"] == "N2C (pretrained)"
+                          and (p["protocol"], p["subject"]) == ("clean", r["subject"]))
+        assert pretrained["noise_vs_ndct"] < 0.8 * r["noise_vs_ndct"]
+
+
+def test_texture_left_tells_a_waxy_result_from_one_that_keeps_the_grain():
+    from scipy import ndimage
+
+    from SelfSupCTDenoiseLib.bench.benchmark import texture_left
+
+    reference = clean_phantom(4, 128, seed=3)
+    noise = correlated_noise(reference.shape, 40.0, seed=4)
+    uniform = np.zeros(reference.shape, bool)
+    uniform[:, 54:74, 54:74] = True
+    kept = texture_left(reference + 0.5 * noise, reference + noise, reference, uniform, 10.0)
+    waxy_noise = np.stack([ndimage.gaussian_filter(n, 2.5) for n in noise])
+    waxy = texture_left(reference + waxy_noise, reference + noise, reference, uniform, 10.0)
+    assert kept["nps_peak_ratio"] == pytest.approx(1.0, abs=0.15)
+    assert waxy["nps_peak_ratio"] < 0.7
+    assert kept["noise_vs_ndct"] == pytest.approx(0.5 * np.std(noise[uniform]) / 10.0, rel=1e-6)
+    assert texture_left(reference, reference + noise, reference, uniform, None)["noise_vs_ndct"] is None
 
 
 def test_estimator_and_nps_ratios_are_recorded_per_protocol(results):

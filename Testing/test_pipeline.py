@@ -223,6 +223,10 @@ def test_threads_reach_the_engine_from_the_command_line_and_the_slicer_worker(ti
     (2.0, 11.5, 12.44, True),     # removes almost nothing: the pseudo-noise taught it nothing
     (25.0, 12.0, 12.44, True),    # removes twice the noise: it removes anatomy
     (4.0, 2.0, 12.44, False),     # both remove far too little, but the adapted model less so
+    # the guard never trades for a model that removes more than the input's estimated noise: an
+    # adapted model that removed too little is kept rather than replaced by an over-smoothing one
+    (5.0, 18.0, 12.44, False),
+    (25.0, 30.0, 12.44, False),   # removes anatomy, but the pretrained model removes still more
 ])
 def test_the_guard_rejects_only_a_gross_mismatch_with_the_estimated_noise(removed_adapted, removed_pretrained,
                                                                           estimated, falls_back):

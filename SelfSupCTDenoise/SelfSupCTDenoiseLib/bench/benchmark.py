@@ -262,8 +262,29 @@ def pseudo_noise_band_ratios(volume: np.ndarray, real_noise: np.ndarray, bundle:
     return ratios
 
 
+def texture_left(output: np.ndarray, ldct: np.ndarray, reference: np.ndarray, uniform: np.ndarray,
+                 ndct_noise_sd: Optional[float]) -> Dict[str, Optional[float]]:
+    """Over-smoothing, from what remains (output - reference) beside the input's noise (ldct - reference).
+
+    `noise_vs_ndct`: the SD left in uniform soft tissue over the normal-dose scan's own noise SD (about 1:
+    as grainy as a normal-dose scan of this patient; well below 1: smoother than any real scan).
+    `nps_peak_ratio`: the NPS peak frequency of what remains over that of the input's noise (about 1:
+    the grain keeps its size, as vendor deep-learning reconstructions keep it; below 1: a coarser,
+    blotchy or waxy texture).
+    """
+    from ..data.dataset import noise_nps_summary
+
+    body = reference > -500
+    left = output - reference
+    sd = float(left[uniform].std()) if uniform.any() else None
+    peak_in = noise_nps_summary(ldct - reference, body, (1.0, 1.0))["peak_px"]
+    peak_left = noise_nps_summary(left, body, (1.0, 1.0))["peak_px"]
+    return {"noise_vs_ndct": sd / ndct_noise_sd if sd is not None and ndct_noise_sd else None,
+            "nps_peak_ratio": peak_left / peak_in if peak_in > 0 else None}
+
+
 def _strength_rows(row: Dict[str, Any], ldct: np.ndarray, full: np.ndarray, reference: np.ndarray,
-                   uniform: np.ndarray) -> List[Dict[str, Any]]:
+                   uniform: np.ndarray, ndct_noise_sd: Optional[float]) -> List[Dict[str, Any]]:
     """The shipped default at each named strength: blends of the same run, no new adaptation."""
     from ..engine.strength import STRENGTH_LEVELS, strength_blend
     from ..quality.hu_shift import hu_shift
@@ -278,13 +299,15 @@ def _strength_rows(row: Dict[str, Any], ldct: np.ndarray, full: np.ndarray, refe
                     **compare(blended, reference),
                     "hu_shift": hu_shift(reference, blended, uniform)["overall"] if uniform.any() else None,
                     "method_noise": method_noise_score(ldct, blended)["score"],
-                    "noise_sd_uniform": float((blended - reference)[uniform].std()) if uniform.any() else None})
+                    "noise_sd_uniform": float((blended - reference)[uniform].std()) if uniform.any() else None,
+                    **texture_left(blended, ldct, reference, uniform, ndct_noise_sd)})
     return out
 
 
 def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tags: Sequence[str],
                   protocols: Sequence[str], steps: int, log: Callable[[str], None] = print,
-                  rows_filter: Optional[Sequence[str]] = None, strengths: bool = True) -> Dict[str, Any]:
+                  rows_filter: Optional[Sequence[str]] = None, strengths: bool = True,
+                  split: str = "test") -> Dict[str, Any]:
     import SimpleITK as sitk
 
     from ..data.dataset import load_manifest, subject_paths
@@ -297,7 +320,8 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
     benchmark_start = time.perf_counter()
     commit = _git_commit()  # the code that ran, even if the tree moves on during a long run
     manifest = load_manifest(dataset)
-    subjects = [s["key"] for s in manifest["subjects"] if s["split"] == "test"]
+    entries = {s["key"]: s for s in manifest["subjects"] if s["split"] == split}
+    subjects = list(entries)
     base = AdaptConfig(steps=steps)
     rows: List[Dict[str, Any]] = []
     curves: List[Dict[str, Any]] = []
@@ -332,6 +356,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                     nps_ratios[f"{key}/{tag}"] = pseudo_noise_band_ratios(ldct, ldct - reference, bundles["n2c"],
                                                                           base, estimate)
                 uniform = uniform_tissue_mask(reference, max_slices=16)
+                ndct_noise_sd = entries[key].get("ndct_noise_sd_hu")
                 for method in chosen:
                     if (method.oracle and oracle_noise is None) or not _in_scope(method, protocol, tag, quick):
                         continue
@@ -371,10 +396,11 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                            "method_noise": method_noise_score(ldct, output)["score"],
                            "guard_fell_back": bool(guard.get("fell_back", False)),
                            **({"guard": guard} if guard else {}),
-                           "noise_sd_uniform": float((output - reference)[uniform].std()) if uniform.any() else None}
+                           "noise_sd_uniform": float((output - reference)[uniform].std()) if uniform.any() else None,
+                           **texture_left(output, ldct, reference, uniform, ndct_noise_sd)}
                     rows.append(row)
                     if method.steps_curve and strengths:
-                        rows += _strength_rows(row, ldct, result.full_strength, reference, uniform)
+                        rows += _strength_rows(row, ldct, result.full_strength, reference, uniform, ndct_noise_sd)
                     if curve:
                         curves.append({"protocol": protocol, "tag": tag, "subject": key, "method": method.name,
                                        "points": curve})
@@ -385,7 +411,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
     return {"rows": rows, "curves": curves, "estimator": estimator, "nps_ratios": nps_ratios,
             "band_edges": bundles["n2c"].calibration["band_edges"],
             "meta": {"quick": quick, "steps": steps, "seconds": seconds, "tags": list(tags), "protocols": list(protocols),
-                     "subjects": subjects, "device": device, "commit": commit,
+                     "subjects": subjects, "split": split, "device": device, "commit": commit,
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "bundles": {k: {"path": str(b.path), "sha256": b.sha256, "profile": b.profile.name}
                                  for k, b in bundles.items()},
@@ -398,6 +424,12 @@ def _git_commit() -> str:
                               cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _mean_of(rows: Sequence[Dict[str, Any]], key: str) -> str:
+    """Mean of a measure over the rows that have it ('-' where none has: older results)."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return f"{np.mean(values):.2f}" if values else "-"
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -423,7 +455,8 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
     lines = [
         "# Benchmark", "",
         f"Generated by `{command}` at commit `{meta['commit']}` on {meta['date']}, device: {meta['device']}; "
-        f"{'quick' if meta['quick'] else 'full'} mode, {meta['steps']} adaptation steps; held-out subjects: "
+        f"{'quick' if meta['quick'] else 'full'} mode, {meta['steps']} adaptation steps; "
+        f"{'validation' if meta.get('split') == 'validation' else 'held-out'} subjects: "
         f"{', '.join(meta['subjects'])}. Raw numbers: `benchmark.json`. Data and simulated doses: `DATA.md`.", "",
         "PSNR/SSIM in the soft-tissue window ([-160, 240] HU, data range 400) and over the full range "
         "([-1024, 3072] HU, data range 4096), averaged per subject, then mean ± std across subjects. "
@@ -434,7 +467,11 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
         "reference = the real NDCT (noisy itself); `clean`: reference = the NDCT denoised by methods that are "
         "not rows here (mean of 3D non-local means and 3D total variation, data/clean_reference.py) with the low "
         "dose simulated from it. PSNR edges: PSNR soft over the reference's strongest edges only (per slice "
-        "the top tenth of the body's gradient): smoothing cannot win it.", "",
+        "the top tenth of the body's gradient): smoothing cannot win it. Over-smoothing, from what remains "
+        "(result - reference): *noise / NDCT*, its SD in uniform soft tissue over the normal-dose scan's own "
+        "noise SD (about 1: as grainy as a normal-dose scan of this patient; well below 1: smoother than any "
+        "real scan, the waxy look), and *NPS peak*, the peak frequency of its noise power spectrum over that "
+        "of the input's noise (about 1: the grain keeps its size; below 1: coarser, blotchy texture).", "",
         "Bundles: " + "; ".join(f"{k.upper()} `{os.path.relpath(b['path'])}` ({b['profile']}, manifest sha256 {b['sha256'][:12]})"
                                  for k, b in meta["bundles"].items()) + ".", ""]
     if meta.get("seconds_per_part"):
@@ -452,8 +489,8 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
                 continue
             lines += [f"## Protocol `{protocol}`, {tag}", "",
                       "| method | PSNR soft | PSNR edges | SSIM soft | PSNR full | SSIM full | HU shift | method noise | "
-                      "s/volume | " + " | ".join(f"{s} PSNR soft" for s in meta["subjects"]) + " |",
-                      "|---|---|---|---|---|---|---|---|---|" + "---|" * len(meta["subjects"])]
+                      "noise / NDCT | NPS peak | s/volume | " + " | ".join(f"{s} PSNR soft" for s in meta["subjects"]) + " |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(meta["subjects"])]
             for name in names:
                 mine = [r for r in subset if r["method"] == name]
                 if not mine:
@@ -464,7 +501,8 @@ def write_report(results: Dict[str, Any], out_dir: Path, command: str) -> Path:
                     f"{_mean_std([r.get('psnr_edges') for r in mine])} | "
                     f"{np.mean([r['ssim_soft'] for r in mine]):.4f} | {_mean_std([r['psnr_full'] for r in mine])} | "
                     f"{np.mean([r['ssim_full'] for r in mine]):.4f} | {_mean_std([r['hu_shift'] for r in mine])} | "
-                    f"{np.mean([r['method_noise'] for r in mine]):+.2f} | {np.mean([r['seconds'] for r in mine]):.1f} | "
+                    f"{np.mean([r['method_noise'] for r in mine]):+.2f} | {_mean_of(mine, 'noise_vs_ndct')} | "
+                    f"{_mean_of(mine, 'nps_peak_ratio')} | {np.mean([r['seconds'] for r in mine]):.1f} | "
                     + " | ".join(f"{per_subject[s]:.2f}" if s in per_subject else "-" for s in meta["subjects"]) + " |")
             lines.append("")
     gains = _gains(rows)

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle-paper", type=Path, help="paper-size N2C bundle (rows Paper-size N2C ...)")
     parser.add_argument("--bundle-n2n", type=Path, help="N2N bundle (rows N2N, N2N + Ours)")
     parser.add_argument("--bundle-n2v", type=Path, help="N2V bundle (rows N2V, N2V + Ours)")
+    parser.add_argument("--split", default="test", choices=("test", "validation"),
+                        help="the dataset's subjects to run on: the held-out test subjects, or the validation "
+                             "subject(s) that choices are made on [test]")
     parser.add_argument("--quick", action="store_true", help="fewer rows, doses and steps (CPU)")
     parser.add_argument("--tags", nargs="+", help="low-dose tags [all four; quick: d25_hann d12_hann]")
     parser.add_argument("--protocols", nargs="+", default=None, choices=("ndct", "clean"),
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     protocols = args.protocols or (["ndct"] if args.quick else ["ndct", "clean"])
     steps = args.steps or (100 if args.quick else 200)
     results = run_benchmark(args.dataset, bundles, quick=args.quick, tags=tags, protocols=protocols, steps=steps,
-                            rows_filter=args.rows)
+                            rows_filter=args.rows, split=args.split)
     command = "selfsupctdenoise benchmark " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("benchmark") + 1:]) \
         if "benchmark" in sys.argv else "selfsupctdenoise benchmark"
     results["meta"]["command"] = command

@@ -35,10 +35,14 @@ GUARD_BAND = (0.5, 1.5)
 
 def guard_rejects(removed_adapted: float, removed_pretrained: float, estimated: float) -> bool:
     """True when the adapted model removed noise grossly unlike the input's estimated noise (see
-    GUARD_BAND) and the pretrained model's removal is closer to it."""
+    GUARD_BAND) and the pretrained model is the safer choice, which it never is by smoothing more:
+    an adapted model that removed too much gives way only to one that removes less; one that removed
+    too little only to one that removes more, but no more than the estimated noise."""
     ratio_adapted, ratio_pretrained = removed_adapted / estimated, removed_pretrained / estimated
     low, high = GUARD_BAND
-    return not low <= ratio_adapted <= high and abs(ratio_adapted - 1) > abs(ratio_pretrained - 1)
+    if ratio_adapted > high:
+        return ratio_pretrained < ratio_adapted
+    return ratio_adapted < low and ratio_adapted < ratio_pretrained <= 1.0
 
 
 @dataclass
