@@ -14,7 +14,7 @@ HELP = ("denoise the shipped sample LDCT with the shipped bundle beside classica
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder [out/demo]")
-    parser.add_argument("--bundle", type=Path, help="[shipped 'paper' bundle on CUDA, 'lite' on CPU]")
+    parser.add_argument("--bundle", type=Path, help="[what 'auto' picks: the shipped 'lite']")
     parser.add_argument("--steps", type=int, help="adaptation steps [the default]")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
+    from ..bench.benchmark import texture_left
     from ..bench.figures import side_by_side
     from ..data.dataset import sample_paths
     from ..engine.bundle import default_bundle_for_device, load_bundle
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.inference import resolve_device
     from ..engine.noise_level import describe_run_estimate
     from ..engine.run import denoise_array
-    from ..engine.strength import cast_like_input
+    from ..engine.strength import STRENGTH_LEVELS, cast_like_input, strength_blend
     from ..files.provenance_io import set_image_fields, write_sidecar
     from ..files.volumes import image_like, read_volume, write_volume
     from ..quality.metrics import compare
@@ -60,21 +61,31 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + describe_run_estimate(run))
     rows = [("LDCT (input)", ldct, None)] + classical_filters(ldct, image.GetSpacing(), bundle, config) + [
         ("pretrained only (no adaptation)", pretrained.denoised, None),
-        ("adapted (this run)", result.denoised, result.info["elapsed_s"])]
+        ("adapted (this run)", result.denoised, result.info["elapsed_s"])] + [
+        (f"  adapted at strength {name} ({value})", strength_blend(ldct, result.full_strength, value), None)
+        for name, value in STRENGTH_LEVELS.items() if value != config.strength]
     uniform = uniform_tissue_mask(reference)
+    ndct = sitk.GetArrayFromImage(read_volume(paths["ndct"])).astype("float32")
+    ndct_sd = float(np.std((ndct - reference)[uniform])) if uniform.any() else None
     print("\nAgainst the normal-dose CT denoised by methods not compared here (3D non-local means + total "
           "variation):\nevery kind of noise counts as noise, the normal-dose scan's own included.")
-    print(f"{'':36} {'PSNR soft':>9} {'PSNR edges':>10} {'SSIM soft':>9} {'noise SD (HU)':>13} {'seconds':>7}")
+    print(f"{'':36} {'PSNR soft':>9} {'PSNR edges':>10} {'SSIM soft':>9} {'noise SD (HU)':>13} {'noise/NDCT':>10} "
+          f"{'NPS peak':>8} {'seconds':>7}")
     for label, array, seconds in rows:
         if array is None:
             print(f"{label:36} {seconds}")
             continue
         m = compare(array, reference)
         noise_sd = float(np.std((array - reference)[uniform])) if uniform.any() else float("nan")
-        print(f"{label:36} {m['psnr_soft']:9.2f} {m['psnr_edges']:10.2f} {m['ssim_soft']:9.4f} {noise_sd:13.1f}"
+        left = texture_left(array, ldct, reference, uniform, ndct_sd)
+        print(f"{label:36} {m['psnr_soft']:9.2f} {m['psnr_edges']:10.2f} {m['ssim_soft']:9.4f} {noise_sd:13.1f} "
+              f"{left['noise_vs_ndct'] or float('nan'):10.2f} {left['nps_peak_ratio'] or float('nan'):8.2f}"
               + ("" if seconds is None else f" {seconds:7.0f}"))
-    print("PSNR edges: over the reference's strongest edges only (smoothing cannot win it). Noise SD: of (image - "
-          "reference) in uniform soft tissue.")
+    print(f"PSNR edges: over the reference's strongest edges only (smoothing cannot win it). Noise SD: of (image - "
+          f"reference) in uniform soft tissue;\nnoise/NDCT: that SD over the normal-dose scan's own ({ndct_sd:.1f} HU; "
+          "about 1 looks like a normal-dose scan, well below 1 smoother than one);\nNPS peak: the peak frequency of "
+          "what remains over the input noise's (below 1: coarser, waxy grain). Strength: a blend of the\nadapted "
+          "result with the input (the panel's presets; --strength on the command line).")
     guard = run.get("guard") or {}
     if guard.get("fell_back"):
         print("note: the guard judged the adaptation unhelpful and used the pretrained model")
