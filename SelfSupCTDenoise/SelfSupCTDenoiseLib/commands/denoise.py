@@ -30,7 +30,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """Output options of a batch, shared with `cohort`, and the adaptation options."""
     parser.add_argument("--noise-maps", action="store_true", help="(batch) also write <name>_noise_map.nrrd")
     parser.add_argument("--bundle", type=Path,
-                        help="model bundle folder [the shipped 'paper' bundle on CUDA, 'lite' on CPU]")
+                        help="model bundle folder [what 'auto' picks: the shipped 'lite', on CPU and CUDA]")
     parser.add_argument("--dicom-out", action="store_true",
                         help="(DICOM input) write the output as a DICOM series folder (new series, same study)")
     parser.add_argument("--force", action="store_true",
