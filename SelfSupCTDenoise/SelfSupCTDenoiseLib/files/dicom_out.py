@@ -44,7 +44,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..engine.arrays import round_into
 from ..errors import InputError
-from .volumes import dicom_series_files
+from .dicom_study import select_series
 
 PathLike = Union[str, os.PathLike]
 
@@ -102,13 +102,13 @@ class SourceSeries:
         return self.headers[0]
 
 
-def read_source_series(folder: PathLike, series_uid: Optional[str] = None) -> SourceSeries:
-    """Headers of the series in `folder`, in the order SimpleITK's ImageSeriesReader stacks them
-    (so header k belongs to slice k of the image read from that folder)."""
+def read_source_series(folder: PathLike, series: Optional[str] = None) -> SourceSeries:
+    """Headers of the series in `folder` (see dicom_study.select_series), in the order SimpleITK's
+    ImageSeriesReader stacks them (so header k belongs to slice k of the image read from that folder)."""
     import pydicom
 
     folder = Path(folder)
-    files = dicom_series_files(folder, series_uid)  # refuses a folder with a damaged file
+    files = select_series(folder, series).series.files  # refuses a folder with a damaged file
     headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
     return SourceSeries(folder, files, headers)
 
