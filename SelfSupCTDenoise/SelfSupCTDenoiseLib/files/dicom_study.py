@@ -54,30 +54,58 @@ def _is_bystander(path: Path) -> bool:
     return not _is_dicom(path)  # a DICOM file under any name is not a bystander
 
 
-def meta_sop_class(path: Path) -> Optional[str]:
-    """The MediaStorageSOPClassUID (0002,0002) of a DICOM file, from its file meta information
-    (always explicit VR little endian), or None. Enough to tell what GDCM does not read as an image."""
+def file_meta(path: Path) -> Dict[int, str]:
+    """The text elements of a DICOM file's meta information (group 0002, always explicit VR little
+    endian) by element number: 2 the SOP class, 0x10 the transfer syntax. Empty if not DICOM. Read
+    without GDCM, which skips what it cannot decode or holds no image."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(4096)
     except OSError:
-        return None
+        return {}
+    found: Dict[int, str] = {}
     position = 132
-    if head[128:132] != b"DICM":
-        return None
-    while position + 8 <= len(head):
+    while head[128:132] == b"DICM" and position + 8 <= len(head):
         group, element = struct.unpack_from("<HH", head, position)
         if group != 2:
-            return None
+            break
         vr = head[position + 4:position + 6]
         if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
             length, start = struct.unpack_from("<I", head, position + 8)[0], position + 12
         else:
             length, start = struct.unpack_from("<H", head, position + 6)[0], position + 8
-        if element == 2:
-            return head[start:start + length].decode("ascii", "replace").strip("\0 ")
+        if vr in (b"UI", b"AE", b"SH", b"CS"):
+            found[element] = head[start:start + length].decode("ascii", "replace").strip("\0 ")
         position = start + length
-    return None
+    return found
+
+
+#: Transfer syntaxes by UID, to name one SimpleITK's GDCM cannot decode.
+TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline", "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless", "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless", "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless", "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.201": "High-Throughput JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.202": "High-Throughput JPEG 2000 (RPCL) Lossless",
+    "1.2.840.10008.1.2.4.203": "High-Throughput JPEG 2000", "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+    "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression", "1.2.840.10008.1.2.4.112": "JPEG XL",
+    "1.2.840.10008.1.2.4.100": "MPEG2 video", "1.2.840.10008.1.2.4.102": "MPEG-4 AVC/H.264 video",
+    "1.2.840.10008.1.2.5": "RLE Lossless", "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+}
+
+
+#: Uncompressed: implicit and explicit VR little endian, explicit VR big endian.
+UNCOMPRESSED_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+
+
+def compressed_syntax(path: Path) -> Optional[str]:
+    """'JPEG XL (1.2.840.10008.1.2.4.112)': the transfer syntax of a DICOM file whose pixel data are
+    compressed (or encoded otherwise), named; None for uncompressed data or a file that is not DICOM."""
+    uid = file_meta(path).get(0x10)
+    if not uid or uid in UNCOMPRESSED_SYNTAXES:
+        return None
+    return f"{TRANSFER_SYNTAXES.get(uid, 'transfer syntax')} ({uid})"
 
 
 def other_object_kind(sop_class: Optional[str]) -> Optional[str]:
@@ -105,6 +133,12 @@ class Series:
     def is_ct_image(self) -> bool:
         return self.kind == "CT image"
 
+    @property
+    def frames(self) -> int:
+        """Frames in its first file: more than one in an Enhanced (multi-frame) CT object."""
+        text = self.tags.get("0028|0008", "").strip()
+        return int(text) if text.isdigit() else 1
+
     def describe(self) -> str:
         """'#3 "CT_Skull_To_Thigh": 269 slices, 5 mm, kernel B30f, ORIGINAL\\PRIMARY\\AXIAL' (what is known)."""
         value = lambda key: self.tags.get(key, "").strip()  # noqa: E731
@@ -129,7 +163,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-_TAGS = ("0020|0011", "0008|103e", "0018|0050", "0018|1210", "0008|0008", "0008|0060", "0008|0016")
+_TAGS = ("0020|0011", "0008|103e", "0018|0050", "0018|1210", "0008|0008", "0008|0060", "0008|0016", "0028|0008")
 
 
 def _header(path: Path) -> Dict[str, str]:
@@ -170,7 +204,7 @@ def read_study(folder: Path) -> Tuple[List[Series], List[Path]]:
     for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name not in members):
         if _is_bystander(path):
             continue
-        kind = other_object_kind(meta_sop_class(path))
+        kind = other_object_kind(file_meta(path).get(2))
         if kind is None:
             strays.append(path)
         else:

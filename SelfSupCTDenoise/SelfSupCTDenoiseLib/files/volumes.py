@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from ..engine.arrays import slabs
 from ..engine.ct_array import check_ct_array
 from ..errors import InputError
-from .dicom_study import select_series
+from .dicom_study import compressed_syntax, select_series
 from .provenance_io import FIELD_PREFIX
 
 PathLike = Union[str, os.PathLike]
@@ -65,6 +65,11 @@ def read_volume(path: PathLike, ct_check: bool = True, series: Optional[str] = N
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        syntax = compressed_syntax(select_series(path, series).series.files[0]) if path.is_dir() else None
+        if syntax is not None:
+            raise InputError(f"Cannot decode {path}: its pixel data are compressed as {syntax}, which "
+                             "SimpleITK's GDCM does not read. Decompress the series first (e.g. gdcmconv --raw, "
+                             "dcmdjpeg, or pydicom's Dataset.decompress()).") from None
         raise InputError(f"Cannot read {path}: {first}. Supported: NRRD, NIfTI, MHA/MHD files or a "
                          "DICOM series or study folder.") from None
     validate_image(image, str(path), ct_check)
@@ -81,7 +86,12 @@ def _numbers(text: str) -> np.ndarray:
 
 
 def _read_dicom_series(folder: Path, series: Optional[str] = None) -> sitk.Image:
-    files = select_series(folder, series).series.files
+    chosen = select_series(folder, series).series
+    files = chosen.files
+    if chosen.frames > 1:  # GDCM stacks the frames without their per-frame positions: wrong geometry
+        raise InputError(f"{files[0]} is a multi-frame (Enhanced CT) object of {chosen.frames} frames, which "
+                         "SelfSupCTDenoise does not read: convert it to single-frame slices (dcm4che's emf2sf) "
+                         "or to NIfTI (dcm2niix) first.")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     reader.MetaDataDictionaryArrayUpdateOn()  # per-slice headers, to check where each slice lies
