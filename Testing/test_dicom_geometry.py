@@ -72,7 +72,8 @@ def test_an_oblique_series_keeps_its_orientation(tmp_path):
     ([0.0, 2.5, 5.0, 6.0], "uneven spacing"),
 ], ids=["missing", "uneven"])
 def test_uneven_slice_positions_are_refused_in_one_line(tmp_path, offsets, what):
-    with pytest.raises(InputError, match=r"not evenly spaced: slice\d\.dcm and slice\d\.dcm are [\d.]+ mm apart") as info:
+    refusal = r"not evenly spaced: slice\d\.dcm and slice\d\.dcm are [\d.]+ mm apart"
+    with pytest.raises(InputError, match=refusal) as info:
         read_volume(series(tmp_path / "uneven", offsets))
     assert "\n" not in str(info.value), what
 
