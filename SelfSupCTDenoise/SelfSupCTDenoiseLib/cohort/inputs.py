@@ -2,7 +2,8 @@
 
 INPUTS are folders (the volumes and DICOM series folders they hold, as in the serial batch), list
 files (`.txt`, `.list`, `.lst`: one path a line, `#` comments) or CSV manifests (`.csv`: a header
-with a `path` column; an `output` column may name the output inside OUTDIR; any other column is an
+with a `path` column; an `output` column may name the output inside OUTDIR, a `series` column the
+series of a DICOM study folder (`--series`); any other column is an
 adaptation option for that volume, named like its flag: `steps`, `strength`, `pseudo-noise`, ...;
 an empty cell keeps the command line's value). Relative paths in a list or manifest are relative to
 that file's folder. Output names, noise-map names and the resume rule are the serial batch's.
@@ -32,6 +33,7 @@ class CohortVolume:
     target: Path
     noise_map: Optional[Path]
     config: AdaptConfig
+    series: Optional[str] = None  # of a DICOM study folder (--series, or the manifest's column)
 
     @property
     def name(self) -> str:
@@ -64,7 +66,11 @@ def _column(header: str) -> str:
     return header.strip().lstrip("-").lower().replace("-", "_")
 
 
-def _read_manifest(path: Path) -> List[Tuple[Path, Optional[str], Dict[str, Any]]]:
+#: Manifest columns besides the per-volume options: what the volume is and where its output goes.
+INPUT_COLUMNS = ("path", "output", "series")
+
+
+def _read_manifest(path: Path) -> List[Tuple[Path, Dict[str, str], Dict[str, Any]]]:
     types = _option_types()
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -74,10 +80,10 @@ def _read_manifest(path: Path) -> List[Tuple[Path, Optional[str], Dict[str, Any]
     if not rows:
         raise InputError(f"The manifest {path} is empty: it needs a header with a 'path' column.")
     columns = [_column(h) for h in rows[0]]
-    unknown = [h for h, c in zip(rows[0], columns) if c not in ("path", "output", *types)]
+    unknown = [h for h, c in zip(rows[0], columns) if c not in (*INPUT_COLUMNS, *types)]
     if "path" not in columns or unknown:
         problem = f"unknown column(s) {', '.join(unknown)}" if unknown else "no 'path' column"
-        raise InputError(f"The manifest {path} has {problem}: columns are path, output (optional) and the "
+        raise InputError(f"The manifest {path} has {problem}: columns are path, output and series (optional) and the "
                          f"per-volume options {', '.join(sorted(types))}.")
     entries = []
     for line, row in enumerate(rows[1:], start=2):
@@ -93,7 +99,7 @@ def _read_manifest(path: Path) -> List[Tuple[Path, Optional[str], Dict[str, Any]
                     options[name] = _parse_value(name, types[name], text)
                 except InputError as exc:
                     raise InputError(f"{path} line {line}: {exc}") from None
-        entries.append((path.parent / cells["path"], cells.get("output") or None, options))
+        entries.append((path.parent / cells["path"], {c: cells[c] for c in INPUT_COLUMNS[1:] if cells.get(c)}, options))
     return entries
 
 
@@ -112,30 +118,34 @@ def _check_output_name(name: str, where: Path) -> str:
 
 
 def read_cohort(inputs: Sequence[Path], out: Path, config: AdaptConfig, noise_maps: bool = False,
-                dicom_out: bool = False) -> List[CohortVolume]:
-    """Every volume of the cohort with its output paths and settings (the command line's `config`,
-    changed by its manifest row). Missing or unreadable volumes are kept: they fail as tasks, and the
-    run reports them, like the serial batch."""
+                dicom_out: bool = False, series: Optional[str] = None) -> List[CohortVolume]:
+    """Every volume of the cohort with its output paths, settings and series (the command line's
+    `config` and `series`, changed by its manifest row). Missing or unreadable volumes are kept:
+    they fail as tasks, and the run reports them, like the serial batch."""
     from ..files.batch import batch_jobs, batch_noise_map, dicom_names, expand_inputs
 
     sources: List[Path] = []
     names: List[Optional[str]] = []
+    picks: List[Optional[str]] = []  # series
     options: List[Dict[str, Any]] = []
     for item in inputs:
         item = Path(item)
         suffix = item.suffix.lower()
         if item.is_file() and suffix == MANIFEST_SUFFIX:
-            for source, name, row in _read_manifest(item):
+            for source, cells, row in _read_manifest(item):
+                name = cells.get("output")
                 found = expand_inputs([source]) if source.is_dir() else [source]
                 if name is not None and len(found) != 1:
                     raise InputError(f"{item}: {source} holds {len(found)} volumes; an 'output' name needs one.")
                 sources += found
                 names += [None if name is None else _check_output_name(name, item)] * len(found)
+                picks += [cells.get("series", series)] * len(found)
                 options += [row] * len(found)
             continue
         found = expand_inputs(_read_list(item)) if item.is_file() and suffix in LIST_SUFFIXES else expand_inputs([item])
         sources += found
         names += [None] * len(found)
+        picks += [series] * len(found)
         options += [{}] * len(found)
     if not sources:
         raise InputError("The cohort has no volumes: give folders, volumes, a list file or a CSV manifest.")
@@ -143,15 +153,17 @@ def read_cohort(inputs: Sequence[Path], out: Path, config: AdaptConfig, noise_ma
     for position, source in enumerate(sources):
         unique.setdefault(source.absolute(), position)
     names = [names[i] for i in unique.values()]
+    picks = [picks[i] for i in unique.values()]
     options = [options[i] for i in unique.values()]
     jobs = batch_jobs(list(unique), Path(out).absolute(), names)
     if dicom_out:
         jobs = dicom_names(jobs)
     volumes = []
-    for index, ((source, target), row) in enumerate(zip(jobs, options)):
+    for index, ((source, target), row, pick) in enumerate(zip(jobs, options, picks)):
         try:
             settings = config.with_(**row) if row else config
         except InputError as exc:
             raise InputError(f"{source.name} (manifest): {exc}") from None
-        volumes.append(CohortVolume(index, source, target, batch_noise_map(target) if noise_maps else None, settings))
+        volumes.append(CohortVolume(index, source, target, batch_noise_map(target) if noise_maps else None, settings,
+                                    pick))
     return volumes

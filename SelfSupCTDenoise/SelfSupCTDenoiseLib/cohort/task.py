@@ -34,7 +34,7 @@ def volume_spec(volume, run_id: str, bundle: Optional[Path], bundle_sha256: Opti
             "noise_map": None if volume.noise_map is None else str(volume.noise_map),
             "config": volume.config.to_dict(), "run_id": run_id,
             "bundle": None if bundle is None else str(bundle), "bundle_sha256": bundle_sha256,
-            "dicom_out": dicom_out, "force": force, "denoise": denoise}
+            "dicom_out": dicom_out, "force": force, "denoise": denoise, "series": volume.series}
 
 
 def _bundle_on_this_worker(spec: Dict[str, Any], device_type: str) -> Path:
@@ -82,7 +82,7 @@ def _denoise_staged(spec: Dict[str, Any], report: Report) -> Dict[str, Any]:
     try:
         staged = staging / target.name
         info = denoise_file(source, staged, None if noise_map is None else staging / noise_map.name, bundle,
-                            config, progress, dicom_out=spec["dicom_out"])
+                            config, progress, dicom_out=spec["dicom_out"], series=spec.get("series"))
         names = [target.name] + ([noise_map.name] if noise_map is not None else []) + [sidecar_path(target).name]
         move_into_place(staging, folder, names)
     finally:

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_retries < 0:
         raise InputError("--max-retries must be >= 0.")
     config = config_from_args(args)
-    volumes = read_cohort(args.inputs, args.outdir, config, args.noise_maps, args.dicom_out)
+    volumes = read_cohort(args.inputs, args.outdir, config, args.noise_maps, args.dicom_out, args.series)
     out = volumes[0].target.parent
     prepare_batch_folder(out)
     started = time.perf_counter()

@@ -33,6 +33,10 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model bundle folder [what 'auto' picks: the shipped 'lite', on CPU and CUDA]")
     parser.add_argument("--dicom-out", action="store_true",
                         help="(DICOM input) write the output as a DICOM series folder (new series, same study)")
+    parser.add_argument("--series", metavar="NUMBER|UID",
+                        help="(DICOM study folders) the series to denoise, by SeriesNumber or SeriesInstanceUID; "
+                             "without it a folder's only CT image series (localizers, dose reports and other "
+                             "objects are left out)")
     parser.add_argument("--force", action="store_true",
                         help="(batch) redo outputs that already exist, also those made with other settings "
                              "(each is replaced only once its new version is complete)")
@@ -161,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         before = _stamp(sidecar_path(target))
         try:
             info = denoise_file(source, target, noise_map, bundle, config, progress, dicom_out=args.dicom_out,
-                                overwrite=args.force)
+                                overwrite=args.force, series=args.series)
         except (Cancelled, KeyboardInterrupt) as exc:
             # say exactly what this run wrote (a signal held during the final renames arrives after them)
             done = sum(status.startswith("ok") for _, status, _ in results)
@@ -185,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
         overridden = (run.get("ct_check") or {}).get("overridden")
         note = "; ".join(filter(None, [describe_run_estimate(run),
                                        "guard: used the pretrained model" if guard.get("fell_back") else "",
-                                       "CT check overridden" if overridden else ""]))
+                                       "CT check overridden" if overridden else "",
+                                       (info.get("input_series") or {}).get("left_out") or ""]))
         results.append((source, f"ok in {time.perf_counter() - started:.1f} s", note))
         if not batch:
             print(f"wrote {target}" + (f" and {noise_map}" if noise_map else "") + f" ({info['device']}, "

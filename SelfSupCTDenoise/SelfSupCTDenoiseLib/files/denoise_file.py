@@ -16,6 +16,7 @@ from ..engine.progress import CancelToken, ProgressCallback, ProgressEvent
 from ..engine.run import denoise_array
 from ..engine.strength import cast_like_input
 from ..errors import InputError
+from .dicom_study import select_series
 from .provenance_io import set_image_fields, sidecar_path, sidecar_text
 from .volumes import (OutputSet, PathLike, check_folder_writable, check_output_path, image_like, read_volume,
                       remove_stale_temps, same_file, write_error)
@@ -25,7 +26,7 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
                  bundle_path: Optional[PathLike] = None, config: AdaptConfig = AdaptConfig(),
                  progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                  dicom_out: bool = False, overwrite: bool = False,
-                 output_dtype: Optional[str] = None) -> Dict[str, Any]:
+                 output_dtype: Optional[str] = None, series: Optional[str] = None) -> Dict[str, Any]:
     """Read, denoise and write. Validates every path (and that its folder can be written) first.
 
     The output set (output, noise map, sidecar `<output>.json`) appears complete or not at all: it
@@ -34,16 +35,24 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
     With `dicom_out` (the input must be a DICOM series folder) the outputs are DICOM series folders:
     new series of the same study (see dicom_out.py); a non-empty output folder is refused unless
     `overwrite`. `output_dtype` (default: the input's) lets the Slicer worker hand back its strength-1
-    result unrounded ("float32"), so that the panel's blend at any strength equals this function's."""
+    result unrounded ("float32"), so that the panel's blend at any strength equals this function's.
+    `series` picks one series of a DICOM study folder (dicom_study.select_series); the provenance's
+    "input_series" says which was read and what was left out."""
     started = time.time()
     source_series = None
+    input_series = None
+    if Path(input_path).is_dir():
+        selection = select_series(Path(input_path), series)
+        input_series = {"number": selection.series.number, "uid": selection.series.uid,
+                        "description": selection.series.describe(), "left_out": selection.note() or None}
+        series = selection.series.uid
     targets = [Path(p) for p in (output_path, noise_map_path) if p is not None]
     if dicom_out:
         from .dicom_out import read_source_series
 
         if not Path(input_path).is_dir():
             raise InputError("DICOM output needs a DICOM series folder as input.")
-        source_series = read_source_series(input_path)
+        source_series = read_source_series(input_path, series)
         for target in targets:
             if same_file(target, input_path) or (target.is_dir() and any(target.iterdir()) and not overwrite):
                 raise InputError(f"The DICOM output folder {target} is the input or not empty; choose a new folder.")
@@ -56,7 +65,7 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
         remove_stale_temps(folder, started)
     if progress is not None:
         progress(ProgressEvent("loading", message=str(input_path)))
-    image = read_volume(input_path, config.ct_check)
+    image = read_volume(input_path, config.ct_check, series)
     bundle = load_bundle(bundle_path)
     array = sitk.GetArrayViewFromImage(image)  # read-only, no copy (`image` outlives it)
     result = denoise_array(array, bundle, config, progress, cancel, keep_full_strength=False)
@@ -66,6 +75,8 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
         progress(ProgressEvent("writing", message=str(output_path)))
     denoised = cast_like_input(result.denoised, array.dtype if output_dtype is None else output_dtype)
     info = {**result.info, "input": Path(input_path).name}
+    if input_series is not None:
+        info["input_series"] = input_series
     result = None  # its float volume, unless it is `denoised` itself (float32 output)
     # One output image at a time, each dropped once staged: the input, the output and one float
     # volume (twice while it is converted and read back) are the most held at once.

@@ -44,7 +44,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..engine.arrays import round_into
 from ..errors import InputError
-from .volumes import dicom_series_files
+from .dicom_study import select_series
 
 PathLike = Union[str, os.PathLike]
 
@@ -69,6 +69,10 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
           "ReferringPhysicianName", "StudyID", "AccessionNumber", "SeriesNumber", "Manufacturer",
           "PositionReferenceIndicator", "InstanceNumber", "KVP", "AcquisitionNumber", "SliceThickness",
           "PatientPosition")
+#: Value representations of text: a source's element written with the wrong one of them (TCGA-THCA's
+#: LongitudinalTemporalInformationModified as SH, not CS) is given the dictionary's (`_dictionary_vrs`).
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+                       "UR", "UT"})
 #: This software as the equipment that produces the derived instances.
 SOFTWARE_MANUFACTURER = "SelfSupCTDenoise project"
 SOFTWARE_MODEL = "SelfSupCTDenoise"
@@ -102,13 +106,13 @@ class SourceSeries:
         return self.headers[0]
 
 
-def read_source_series(folder: PathLike, series_uid: Optional[str] = None) -> SourceSeries:
-    """Headers of the series in `folder`, in the order SimpleITK's ImageSeriesReader stacks them
-    (so header k belongs to slice k of the image read from that folder)."""
+def read_source_series(folder: PathLike, series: Optional[str] = None) -> SourceSeries:
+    """Headers of the series in `folder` (see dicom_study.select_series), in the order SimpleITK's
+    ImageSeriesReader stacks them (so header k belongs to slice k of the image read from that folder)."""
     import pydicom
 
     folder = Path(folder)
-    files = dicom_series_files(folder, series_uid)  # refuses a folder with a damaged file
+    files = select_series(folder, series).series.files  # refuses a folder with a damaged file
     headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
     return SourceSeries(folder, files, headers)
 
@@ -205,6 +209,22 @@ def _check_output_dir(output_dir: Path, source: SourceSeries, overwrite: bool) -
         raise InputError(f"The folder {output_dir.parent} does not exist.")
 
 
+def _dictionary_vrs(dataset: Any) -> None:
+    """Give copied standard text elements the value representation of the DICOM dictionary, so that
+    an error of the source's header does not become one of the derived series."""
+    from pydicom.datadict import dictionary_VR
+
+    for element in dataset.iterall():
+        if element.tag.is_private or element.VR not in _TEXT_VRS:
+            continue
+        try:
+            expected = dictionary_VR(element.tag)
+        except KeyError:
+            continue
+        if expected != element.VR and expected in _TEXT_VRS:
+            element.VR = expected
+
+
 def _save(dataset: Any, path: Path) -> None:
     try:
         dataset.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
@@ -275,9 +295,12 @@ def write_dicom_series(image: sitk.Image, source: SourceSeries, output_dir: Path
             for tag in [t for t in ds.keys() if t.group & 0xFF00 == 0x6000]:  # overlays
                 del ds[tag]
             _set_equipment(ds, derivation, contributed)
+            _dictionary_vrs(ds)
             for keyword in _TYPE2:
                 if keyword not in ds:
                     setattr(ds, keyword, None)
+            if "BodyPartExamined" not in ds and "Laterality" not in ds:  # type 2C: required for a paired
+                ds.Laterality = None  # body part, so where the part is unknown (RIDER, CMB-CRC); empty
             sop_uid = generate_uid()
             ds.SOPClassUID = CTImageStorage
             ds.SOPInstanceUID = sop_uid

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from ..engine.arrays import slabs
 from ..engine.ct_array import check_ct_array
 from ..errors import InputError
+from .dicom_study import compressed_syntax, select_series
 from .provenance_io import FIELD_PREFIX
 
 PathLike = Union[str, os.PathLike]
@@ -48,86 +49,49 @@ def stem(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
 
 
-def read_volume(path: PathLike, ct_check: bool = True) -> sitk.Image:
-    """Read a 3D CT volume from a file or a DICOM series folder and validate it (`ct_check` False:
-    whether it is CT in HU is not judged, see `validate_image`)."""
+def read_volume(path: PathLike, ct_check: bool = True, series: Optional[str] = None) -> sitk.Image:
+    """Read a 3D CT volume from a file or a DICOM folder (its only CT image series, or `series`: a
+    SeriesNumber or SeriesInstanceUID, see dicom_study.select_series) and validate it (`ct_check`
+    False: whether it is CT in HU is not judged, see `validate_image`)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"Input not found: {path}")
+    if series is not None and not path.is_dir():
+        raise InputError(f"--series picks a series of a DICOM folder; {path.name} is a file.")
     try:
         if path.is_dir():
-            image = _read_dicom_series(path)
+            image = _read_dicom_series(path, series)
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        syntax = compressed_syntax(select_series(path, series).series.files[0]) if path.is_dir() else None
+        if syntax is not None:
+            raise InputError(f"Cannot decode {path}: its pixel data are compressed as {syntax}, which "
+                             "SimpleITK's GDCM does not read. Decompress the series first (e.g. gdcmconv --raw, "
+                             "dcmdjpeg, or pydicom's Dataset.decompress()).") from None
         raise InputError(f"Cannot read {path}: {first}. Supported: NRRD, NIfTI, MHA/MHD files or a "
-                         "folder holding one DICOM series.") from None
+                         "DICOM series or study folder.") from None
     validate_image(image, str(path), ct_check)
     return image
 
 
-#: Files that may sit in a DICOM folder without being slices: the index, OS and viewer litter,
-#: notes. Any other file that is not part of the series is refused (see dicom_series_files).
-_BYSTANDER_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini"})
-_BYSTANDER_SUFFIXES = frozenset({".txt", ".md", ".rtf", ".pdf", ".doc", ".docx", ".htm", ".html", ".xml",
-                                 ".json", ".csv", ".log", ".ini", ".db", ".jpg", ".jpeg", ".png", ".gif",
-                                 ".bmp", ".lnk", ".url", ".exe", ".inf"})
 #: A slice may lie at most this fraction of the slice spacing from where the volume's regular grid puts
 #: it (sub-voxel: rounded positions pass; a missing, doubled or shifted slice does not).
 SLICE_POSITION_TOLERANCE = 0.1
-
-
-def _is_bystander(path: Path) -> bool:
-    name = path.name.lower()
-    if name == "dicomdir":
-        return True
-    if not (name.startswith(".") or name in _BYSTANDER_NAMES or path.suffix.lower() in _BYSTANDER_SUFFIXES):
-        return False
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] != b"DICM"  # a DICOM file under any name is not a bystander
-    except OSError:
-        return False
-
-
-def dicom_series_files(folder: PathLike, series_uid: Optional[str] = None) -> List[Path]:
-    """The files of the DICOM series in `folder` (the only one, or `series_uid`), in the order
-    SimpleITK stacks them.
-
-    GDCM silently skips files it cannot read; a damaged slice would then vanish and the volume come
-    out with wrong spacing and positions. So every other file in the folder must be accounted for:
-    the files of other series (when `series_uid` is named), DICOMDIR, hidden files and documents
-    (`_is_bystander`). Anything else is refused, named."""
-    folder = Path(folder)
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) if folder.is_dir() else ()
-    if not series:
-        raise InputError(f"{folder} is a folder without a DICOM series. Give a volume file or the "
-                         "folder of one DICOM series.")
-    if series_uid is None:
-        if len(series) > 1:
-            raise InputError(f"{folder} holds {len(series)} DICOM series ({', '.join(series)}); put the one "
-                             "to denoise in a folder of its own.")
-        series_uid = series[0]
-    elif series_uid not in series:
-        raise InputError(f"Series {series_uid} is not in {folder}.")
-    listed = {uid: [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)]
-              for uid in series}
-    members = {f.name for files in listed.values() for f in files}
-    strays = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in members and not _is_bystander(p))
-    if strays:
-        others = f" (and {len(strays) - 1} other file(s))" if len(strays) > 1 else ""
-        raise InputError(f"{strays[0]}{others} cannot be read as DICOM (damaged, truncated or not an image), "
-                         f"so the series in {folder} may be incomplete: remove it, or copy the series again.")
-    return listed[series_uid]
 
 
 def _numbers(text: str) -> np.ndarray:
     return np.array([float(v) for v in text.split("\\")], dtype=float)
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    files = dicom_series_files(folder)
+def _read_dicom_series(folder: Path, series: Optional[str] = None) -> sitk.Image:
+    chosen = select_series(folder, series).series
+    files = chosen.files
+    if chosen.frames > 1:  # GDCM stacks the frames without their per-frame positions: wrong geometry
+        raise InputError(f"{files[0]} is a multi-frame (Enhanced CT) object of {chosen.frames} frames, which "
+                         "SelfSupCTDenoise does not read: convert it to single-frame slices (dcm4che's emf2sf) "
+                         "or to NIfTI (dcm2niix) first.")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     reader.MetaDataDictionaryArrayUpdateOn()  # per-slice headers, to check where each slice lies
