@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import BundleError
 from .arrays import all_finite, evenly_spaced, slabs
+from .body import body_boxes, box_fraction
 from .bundle import Bundle
 from .config import AdaptConfig
 from .ct_array import HU_AIR, check_ct_array, padding_mask
@@ -170,6 +171,10 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
     model = pretrained
     run_info: Dict[str, Any] = {"adaptation": None, "guard": None,
                                 "precision": str(amp_dtype or torch.float32).replace("torch.", "")}
+    radius = getattr(pretrained, "receptive_radius", None)  # unknown networks see whole slices
+    boxes = body_boxes(volume, radius) if config.body_only and radius is not None else None
+    if boxes is not None:
+        run_info["body_fraction"] = round(box_fraction(boxes, volume.shape), 3)
     guard_index = evenly_spaced(len(volume), GUARD_SLICES)
     guard_outputs: Dict[Any, np.ndarray] = {}  # model -> its output on the guard's slices
     full = None  # the output at strength 1, made once the model is chosen
@@ -183,7 +188,8 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
         return apply_slicewise(net, volume if index is None else volume[index], config.infer_batch, phase="infer",
                                to_input=lambda hu: norm.to_model(model_view(hu)[0]), from_output=norm.to_hu,
                                amp_dtype=amp_dtype, progress=progress, cancel=cancel,
-                               out=full if index is None else None, done=guard_index if known is not None else ())
+                               out=full if index is None else None, done=guard_index if known is not None else (),
+                               boxes=None if boxes is None else boxes if index is None else boxes[index])
 
     def fall_back(reason: str):
         """The pretrained model, saying why (progress message and run info), guard on or off."""
