@@ -31,7 +31,15 @@ def test_a_run_tells_how_long_it_will_take_before_it_starts_the_work(tiny_bundle
     result = denoise_array(volume, tiny_bundle, AdaptConfig(steps=3, batch_size=4, patch_size=32, period=3),
                            progress=events.append)
     first = next(e for e in events if e.eta_s is not None)
-    assert first.phase == "noise" and "s to go" in first.message
+    assert first.phase == "noise" and "this machine's speed" in first.message
     assert abs(first.eta_s - result.info["run"]["expected_s"]) <= 0.05 and 0 < first.eta_s < 60
     # before the work it estimates: the noise estimate, the adaptation, the guard and the inference
     assert events.index(first) < min(i for i, e in enumerate(events) if e.phase in ("adapt", "infer"))
+
+
+def test_the_cli_prints_the_runs_estimate(capsys):
+    from SelfSupCTDenoiseLib.commands.console import TqdmProgress
+    from SelfSupCTDenoiseLib.engine.progress import ProgressEvent
+
+    TqdmProgress()(ProgressEvent("noise", eta_s=95.4, message="the time left is from this machine's speed"))
+    assert "noise: the time left is from this machine's speed (about 95 s left)" in capsys.readouterr().err

@@ -53,28 +53,35 @@ MODULES = {"adapt": ("engine.adapt", "adapt"), "inference": ("engine.inference",
 PHASES = ("startup", "reading", "estimate", "pseudo-noise", "adaptation", "guard", "inference", "writing", "other")
 
 
-def build_volume(slices: int, source: Optional[Path] = None):
-    """A `slices`-slice int16 CT, its source's slices repeated back and forth: `source` (a real CT,
-    e.g. a 512x512 DICOM chest series) as it is, else the shipped sample (chest, 233x167x32 voxels of
-    1.5 mm) at 0.75 mm in-plane, centred in a 512x512 canvas of air with noise. Returns (array, spacing)."""
+def source_volume(source: Optional[Path] = None):
+    """(int16 array, spacing) of the CT the volumes are built from: `source` (a real CT, e.g. a
+    512x512 DICOM chest series) as it is, else the shipped sample (chest, 233x167x32 voxels of 1.5 mm)
+    at 0.75 mm in-plane, centred in a 512x512 canvas of air with noise."""
     import numpy as np
     import SimpleITK as sitk
     from scipy import ndimage
 
     if source is not None:
         image = engine("volumes").read_volume(source)
-        canvas, spacing = sitk.GetArrayFromImage(image), image.GetSpacing()
-    else:
-        sample = sitk.GetArrayFromImage(sitk.ReadImage(str(engine("dataset").sample_paths()["ldct"])))
-        zoomed = ndimage.zoom(sample.astype(np.float32), (1, 2, 2), order=1)
-        canvas = -1000.0 + 20.0 * np.random.default_rng(0).standard_normal((len(sample), 512, 512))
-        y0, x0 = (512 - zoomed.shape[1]) // 2, (512 - zoomed.shape[2]) // 2
-        canvas[:, y0:y0 + zoomed.shape[1], x0:x0 + zoomed.shape[2]] = zoomed
-        spacing = (0.75, 0.75, 1.5)
+        return sitk.GetArrayFromImage(image).astype(np.int16), image.GetSpacing()
+    sample = sitk.GetArrayFromImage(sitk.ReadImage(str(engine("dataset").sample_paths()["ldct"])))
+    zoomed = ndimage.zoom(sample.astype(np.float32), (1, 2, 2), order=1)
+    canvas = -1000.0 + 20.0 * np.random.default_rng(0).standard_normal((len(sample), 512, 512))
+    y0, x0 = (512 - zoomed.shape[1]) // 2, (512 - zoomed.shape[2]) // 2
+    canvas[:, y0:y0 + zoomed.shape[1], x0:x0 + zoomed.shape[2]] = zoomed
+    return np.rint(canvas).astype(np.int16), (0.75, 0.75, 1.5)
+
+
+def build_volume(slices: int, source: Optional[Path] = None):
+    """A `slices`-slice int16 CT from `source_volume(source)`, its slices repeated back and forth.
+    Returns (array, spacing)."""
+    import numpy as np
+
+    canvas, spacing = source_volume(source)
     period = max(1, 2 * len(canvas) - 2)
     index = np.arange(slices) % period
     index = np.where(index < len(canvas), index, period - index)
-    return np.rint(canvas[index]).astype(np.int16), spacing
+    return canvas[index], spacing
 
 
 def engine(role: str):
@@ -306,6 +313,45 @@ def network_rows(device_name: str, repeats: int, batch_size: int):
     return rows, threads
 
 
+def body_rows(source: Optional[Path], profiles: List[str], slices: int = 6):
+    """Part 3: per profile (its shipped bundle), the inference of `slices` evenly spaced slices of the
+    source volume as a run does it (one slice per forward, channels_last), on whole slices (the engine
+    before #28; `--whole-slices`) and on their body boxes (engine/body.py), interleaved slice by slice.
+    Rows: (profile, body share, whole s, boxes s, largest |difference| inside the body in HU, ms per
+    slice to find the boxes)."""
+    import numpy as np
+
+    from SelfSupCTDenoiseLib.engine.body import body_boxes, box_fraction
+    from SelfSupCTDenoiseLib.engine.bundle import default_bundle_dir, load_bundle
+    from SelfSupCTDenoiseLib.engine.inference import apply_slicewise, torch_threads
+    from SelfSupCTDenoiseLib.engine.run import model_view
+
+    volume = source_volume(source)[0]
+    volume = volume[np.linspace(0, len(volume) - 1, slices).round().astype(int)]
+    rows = []
+    with torch_threads(0):
+        for profile in profiles:
+            bundle = load_bundle(default_bundle_dir(profile))
+            net, norm = bundle.build_denoiser("cpu"), bundle.normalization
+            start = time.perf_counter()
+            boxes = body_boxes(volume, net.receptive_radius)
+            find_ms = (time.perf_counter() - start) / slices * 1000
+            kwargs = dict(to_input=lambda hu: norm.to_model(model_view(hu)[0]), from_output=norm.to_hu)
+            apply_slicewise(net, volume[:1], **kwargs)  # warm-up
+            seconds, worst, r = [0.0, 0.0], 0.0, net.receptive_radius
+            for z in range(slices):
+                outputs = []
+                for run, box in enumerate((None, boxes[z:z + 1])):
+                    start = time.perf_counter()
+                    outputs.append(apply_slicewise(net, volume[z:z + 1], boxes=box, **kwargs)[0])
+                    seconds[run] += time.perf_counter() - start
+                y0, y1, x0, x1 = boxes[z]
+                body = (slice(y0 + r, y1 - r), slice(x0 + r, x1 - r))
+                worst = max(worst, float(np.abs(outputs[0][body] - outputs[1][body]).max()))
+            rows.append((profile, box_fraction(boxes, volume.shape), *seconds, worst, find_ms))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="16,100,300", help="slice counts of the 512x512 volumes [16,100,300]")
@@ -318,6 +364,8 @@ def main() -> None:
     parser.add_argument("--package", type=Path, action="append",
                         help="folder holding SelfSupCTDenoiseLib; more than once: each in turn [this tree's]")
     parser.add_argument("--no-networks", action="store_true", help="skip part 2")
+    parser.add_argument("--no-runs", action="store_true", help="skip part 1")
+    parser.add_argument("--body-profiles", default="lite,paper", help="profiles of part 3 ('' skips it) [lite,paper]")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--out", type=Path, help="write the Markdown report here (e.g. docs/SPEED.md)")
     parser.add_argument("--child", nargs=3, metavar=("VOLUME", "SLICES", "OUT"), help=argparse.SUPPRESS)
@@ -336,7 +384,7 @@ def main() -> None:
     args.bundle = args.bundle or str(engine("bundle").default_bundle_dir("lite"))
     runs = []
     with tempfile.TemporaryDirectory(prefix="speed_") as folder:
-        for slices in [int(s) for s in args.sizes.split(",")]:
+        for slices in [] if args.no_runs else [int(s) for s in args.sizes.split(",")]:
             array, spacing = build_volume(slices, args.volume)
             image = sitk.GetImageFromArray(array)
             image.SetSpacing(spacing)
@@ -357,13 +405,14 @@ def main() -> None:
             for produced in Path(folder).iterdir():
                 produced.unlink()
     rows, threads = ([], 0) if args.no_networks else network_rows(args.device, args.repeats, args.batch_size)
+    body = body_rows(args.volume, [p for p in args.body_profiles.split(",") if p])
     import torch
 
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    text = report(runs, rows, threads, cpu, torch.__version__, args)
+    text = report(runs, rows, threads, cpu, torch.__version__, args, body)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "networks": rows}, indent=1))
+        args.json.write_text(json.dumps({"runs": runs, "networks": rows, "body": body}, indent=1))
     if args.out:  # what stands above the marker (notes written by hand) is kept
         previous = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
         kept = previous.split(MARKER)[0] if MARKER in previous else ""
@@ -393,10 +442,12 @@ def compare_outputs(source: Path, first: Path, other: Path) -> Dict[str, Any]:
     return {"max_abs_diff_body_hu": round(worst, 3), "padding_identical": all(padding) if padding else None}
 
 
-def report(runs, rows, threads, cpu, torch_version, args) -> str:
+def report(runs, rows, threads, cpu, torch_version, args, body=()) -> str:
     date = time.strftime("%Y-%m-%d")
     command = "python benchmarks/speed.py" + (f" --sizes {args.sizes}" if args.sizes != "16,100,300" else "")
     command += "".join(f" --package {p}" for p in args.package or []) + (f" --volume {args.volume}" if args.volume else "")
+    command += "".join(f" --{flag}" for flag in ("no-runs", "no-networks") if getattr(args, flag.replace("-", "_")))
+    command += f" --body-profiles {args.body_profiles}" if args.body_profiles != "lite,paper" else ""
     source = (f"`{args.volume}` (its slices repeated back and forth)" if args.volume
               else "the shipped sample centred in 512x512 air (its 32 slices repeated back and forth)")
     lines = ["# Speed", "",
@@ -443,6 +494,8 @@ def report(runs, rows, threads, cpu, torch_version, args) -> str:
             f"{n} slices, {label}: " + " / ".join(f"{f:.3f}" for f in forwards) + " s per 512x512 slice forward, "
             + " / ".join(f"{s:.3f}" for s in steps) + " s per adaptation step"
             for n, label, forwards, steps in units) + "."]
+    else:  # part 1 skipped: the header line only
+        del lines[3:]
     if rows:
         lines += ["", "## The networks alone, per profile", "",
                   f"`--device {args.device}`, {threads} threads, median of {args.repeats}; in the layouts the engine "
@@ -452,6 +505,16 @@ def report(runs, rows, threads, cpu, torch_version, args) -> str:
                   f"{args.batch_size} x 64x64 patches (s) | noise model, 512x512 forward (s) |",
                   "|---|---|---|---|---|"]
         lines += [f"| {n} | {p:,} | {f:.3f} | {s:.3f} | {u:.3f} |" for n, p, f, s, u in rows]
+    if body:
+        lines += ["", "## Inference on the body against whole slices", "",
+                  f"The inference of 6 evenly spaced slices of {f'`{args.volume}`' if args.volume else 'the shipped sample in air'}"
+                  " by each shipped bundle as a run does "
+                  "it, whole slices (the engine before issue #28, now `--whole-slices`) and body boxes "
+                  "(engine/body.py) one after the other per slice, in one process, all cores.", "",
+                  "| profile | body share | whole slices (s) | body boxes (s) | boxes / whole "
+                  "| max abs difference in the body (HU) | finding the boxes (ms per slice) |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p} | {share:.3f} | {w:.1f} | {b:.1f} | {b / w:.2f} | {d:.4f} | {ms:.0f} |"
+                  for p, share, w, b, d, ms in body]
     return "\n".join(lines)
 
 

@@ -203,8 +203,8 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
         volume.shape, boxes, GUARD_SLICES if config.steps > 0 and config.guard else 0))
     run_info["expected_s"] = round(started, 1)  # what the rest of the run was expected to take
     if progress is not None:
-        progress(ProgressEvent("noise", eta_s=started, message=f"about {started:.0f} s to go (this machine's "
-                               "speed, measured now); estimating the input's noise level"))
+        progress(ProgressEvent("noise", eta_s=started, message="the time left is from this machine's speed, "
+                               "measured now; estimating the input's noise level"))
     estimate = estimate_input_noise(volume, bundle, config)
     estimated_noise = estimate.std_hu
     run_info["estimated_noise_std_hu"] = estimated_noise
