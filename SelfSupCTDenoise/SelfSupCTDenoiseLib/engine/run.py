@@ -199,11 +199,11 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
             progress(ProgressEvent("adapt", message=f"{reason}: using the pretrained model"))
         return pretrained
 
-    started = probe(pretrained, config).run_seconds(config.steps, denoised_pixels(
+    expected = probe(pretrained, config).run_seconds(config.steps, denoised_pixels(
         volume.shape, boxes, GUARD_SLICES if config.steps > 0 and config.guard else 0))
-    run_info["expected_s"] = round(started, 1)  # what the rest of the run was expected to take
+    run_info["expected_s"] = round(expected, 1)  # what the rest of the run was expected to take
     if progress is not None:
-        progress(ProgressEvent("noise", eta_s=started, message="the time left is from this machine's speed, "
+        progress(ProgressEvent("noise", eta_s=expected, message="the time left is from this machine's speed, "
                                "measured now; estimating the input's noise level"))
     estimate = estimate_input_noise(volume, bundle, config)
     estimated_noise = estimate.std_hu
