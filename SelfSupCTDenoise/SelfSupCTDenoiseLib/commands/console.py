@@ -33,7 +33,8 @@ class TqdmProgress:
                 self.bar.set_postfix(loss=f"{event.loss:.3g}", refresh=False)
             self.bar.refresh()
         if event.message and event.total == 0 or (event.message and "memory" in event.message):
-            tqdm.write(f"{self.prefix}{event.phase}: {event.message}", file=sys.stderr)
+            left = f" (about {event.eta_s:.0f} s left)" if event.eta_s is not None and not event.total else ""
+            tqdm.write(f"{self.prefix}{event.phase}: {event.message}{left}", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

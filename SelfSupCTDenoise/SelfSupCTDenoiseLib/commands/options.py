@@ -55,6 +55,9 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--infer-batch", type=int, help="slices per inference batch [0 = per device: 1 on the CPU, 4 on CUDA]")
     group.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_const", const=False,
                        help="float32 on CUDA too")
+    group.add_argument("--whole-slices", dest="body_only", action="store_const", const=False,
+                       help="denoise the air and table around the body too (slower; by default only each "
+                            "slice's body box is denoised and the rest is the input as it is)")
     group.add_argument("--strength", type=parse_strength,
                        help="how much of the removed noise to remove: 0..1 or low/medium/high [1.0]")
 

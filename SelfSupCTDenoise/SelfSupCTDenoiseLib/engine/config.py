@@ -105,6 +105,8 @@ class AdaptConfig:
     infer_batch: int = 0             # slices per inference batch; 0 = per device (1 on CPU, 4 on CUDA; halved on OOM)
     mixed_precision: bool = True     # autocast on CUDA (ignored on CPU)
     strength: float = 1.0            # output = X - strength * (X - f(X))
+    body_only: bool = True           # denoise each slice's body box (engine/body.py); outside it, air and
+    #                                  table as they are in the input. False = whole slices (slower)
     threads: int = 0                 # torch CPU threads for the run; 0 = OMP_NUM_THREADS if set, else every core
 
     def __post_init__(self) -> None:

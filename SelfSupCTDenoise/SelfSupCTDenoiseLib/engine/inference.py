@@ -124,12 +124,15 @@ def apply_slicewise(model: torch.nn.Module, slices: np.ndarray, batch: int = 0, 
                     from_output: Callable[[np.ndarray], np.ndarray] = lambda a: a,
                     amp_dtype: Optional[torch.dtype] = None, progress: Optional[ProgressCallback] = None,
                     cancel: Optional[CancelToken] = None, out: Optional[np.ndarray] = None,
-                    done: Sequence[int] = ()) -> np.ndarray:
+                    done: Sequence[int] = (), boxes: Optional[np.ndarray] = None) -> np.ndarray:
     """Run a 2D network over (z, y, x) slices; returns float32 (z, out_channels, y, x) squeezed to
     (z, y, x) for single-channel outputs. `batch`: slices per batch, 0 = per device (`inference_batch`).
     `amp_dtype`: CUDA autocast dtype (`mixed_precision_dtype`). `out`: the array to fill (else a new
     one); `done`: indices of slices whose output `out` already holds (not run again, counted as done
-    in the progress). `to_input` sees one batch of slices at a time (no whole-volume copy)."""
+    in the progress). `to_input` sees one batch of slices at a time (no whole-volume copy).
+    `boxes` (single-channel networks): (z, 4) rows of (y0, y1, x0, x1) per slice (`body.body_boxes`);
+    the network then sees a batch's box only (the union of its slices' boxes), and outside it a
+    slice's output is the slice itself."""
     model = cpu_layout(model)
     device = next(model.parameters()).device
     batch = inference_batch(batch, device)
@@ -141,7 +144,9 @@ def apply_slicewise(model: torch.nn.Module, slices: np.ndarray, batch: int = 0, 
         index = todo[position:position + batch]
         if index[-1] - index[0] == len(index) - 1:  # consecutive slices: a view, not a copy
             index = slice(int(index[0]), int(index[-1]) + 1)
-        chunk = np.ascontiguousarray(to_input(slices[index]), dtype=np.float32)
+        y0, y1, x0, x1 = (0, slices.shape[-2], 0, slices.shape[-1]) if boxes is None else (
+            boxes[index, 0].min(), boxes[index, 1].max(), boxes[index, 2].min(), boxes[index, 3].max())
+        chunk = np.ascontiguousarray(to_input(slices[index, y0:y1, x0:x1]), dtype=np.float32)
         try:
             with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype,
                                                  enabled=amp_dtype is not None and device.type == "cuda"):
@@ -164,8 +169,10 @@ def apply_slicewise(model: torch.nn.Module, slices: np.ndarray, batch: int = 0, 
             continue
         y = y[:, 0] if y.shape[1] == 1 else y
         if out is None:
-            out = np.empty((len(slices),) + y.shape[1:], dtype=np.float32)
-        out[index] = from_output(y)
+            out = np.empty((len(slices),) + y.shape[1:-2] + slices.shape[-2:], dtype=np.float32)
+        if boxes is not None:
+            out[index] = slices[index]
+        out[index, ..., y0:y1, x0:x1] = from_output(y)
         position += len(chunk)
         timer.emit(position + len(slices) - len(todo))
     if not len(todo):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import BundleError
 from .arrays import all_finite, evenly_spaced, slabs
+from .body import body_boxes, box_fraction
 from .bundle import Bundle
 from .config import AdaptConfig
 from .ct_array import HU_AIR, check_ct_array, overridden_refusal, padding_mask
@@ -158,6 +159,7 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
     import torch
 
     from .adapt import adapt
+    from .eta import denoised_pixels, probe
     from .inference import apply_slicewise, describe_device, mixed_precision_dtype, resolve_device
 
     start = time.perf_counter()
@@ -177,6 +179,10 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
                                 # with the check off: the refusal it overrode (None: it would have passed)
                                 "ct_check": {"enabled": config.ct_check,
                                              "overridden": None if config.ct_check else overridden_refusal(volume)}}
+    radius = getattr(pretrained, "receptive_radius", None)  # unknown networks see whole slices
+    boxes = body_boxes(volume, radius) if config.body_only and radius is not None else None
+    if boxes is not None:
+        run_info["body_fraction"] = round(box_fraction(boxes, volume.shape), 3)
     guard_index = evenly_spaced(len(volume), GUARD_SLICES)
     guard_outputs: Dict[Any, np.ndarray] = {}  # model -> its output on the guard's slices
     full = None  # the output at strength 1, made once the model is chosen
@@ -190,7 +196,8 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
         return apply_slicewise(net, volume if index is None else volume[index], config.infer_batch, phase="infer",
                                to_input=lambda hu: norm.to_model(model_view(hu)[0]), from_output=norm.to_hu,
                                amp_dtype=amp_dtype, progress=progress, cancel=cancel,
-                               out=full if index is None else None, done=guard_index if known is not None else ())
+                               out=full if index is None else None, done=guard_index if known is not None else (),
+                               boxes=None if boxes is None else boxes if index is None else boxes[index])
 
     def fall_back(reason: str):
         """The pretrained model, saying why (progress message and run info), guard on or off."""
@@ -199,8 +206,12 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
             progress(ProgressEvent("adapt", message=f"{reason}: using the pretrained model"))
         return pretrained
 
+    expected = probe(pretrained, config).run_seconds(config.steps, denoised_pixels(
+        volume.shape, boxes, GUARD_SLICES if config.steps > 0 and config.guard else 0))
+    run_info["expected_s"] = round(expected, 1)  # what the rest of the run was expected to take
     if progress is not None:
-        progress(ProgressEvent("noise", message="estimating the input's noise level"))
+        progress(ProgressEvent("noise", eta_s=expected, message="the time left is from this machine's speed, "
+                               "measured now; estimating the input's noise level"))
     estimate = estimate_input_noise(volume, bundle, config)
     estimated_noise = estimate.std_hu
     run_info["estimated_noise_std_hu"] = estimated_noise

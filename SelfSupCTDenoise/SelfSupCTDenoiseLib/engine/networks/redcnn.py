@@ -47,6 +47,13 @@ class RedCNN(nn.Module):
     def min_size(self) -> int:
         return 5 * (self.kernel_size - 1) + 1
 
+    @property
+    def receptive_radius(self) -> int:
+        """An output pixel depends on the input within this many pixels of it (5 valid convolutions
+        reach k - 1 pixels further each, the transposed ones as far back): a crop this much wider
+        than a region gives the region the whole image's output."""
+        return 5 * (self.kernel_size - 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"RedCNN expects (N, 1, H, W), got {tuple(x.shape)}")
