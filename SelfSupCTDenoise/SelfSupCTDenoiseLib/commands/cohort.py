@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         cpus, gpus, device_type = _resources(args, config, gpus_here)
         bundle = args.bundle.absolute() if args.bundle else None
         checked_bundle = bundle or default_bundle_for_device(device_type)
-        complete = completed_outputs([(v.target, v.noise_map, v.config) for v in volumes], checked_bundle,
+        complete = completed_outputs([(v.source, v.target, v.noise_map, v.config) for v in volumes], checked_bundle,
                                      args.force)
         # each task's torch threads: its CPUs, unless --threads says otherwise (a rerun ignores threads)
         threads = max(1, int(cpus))
