@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from importlib import metadata
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -90,16 +92,21 @@ def ray_cluster(address: Optional[str] = None, num_cpus: Optional[int] = None,
         raise InputError("Ray is already connected in this process; disconnect it first (ray.shutdown()).")
     import logging
 
+    handlers = _signal_handlers()
     try:
         if address is None:
             context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
                                logging_level=logging.WARNING)
         else:
             context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to start or join (Ray raises bare Exception too)
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # what a failed start had started (its agents would outlive the run)
         where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
         raise InputError(f"Could not {where}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
                          + ("" if address is None else " (is the token set? see docs/COHORT.md)")) from None
+    finally:
+        _restore_signal_handlers(handlers)
     try:
         if address is None:
             _check_loopback((context.address_info or {}).get("node_ip_address", ""))
@@ -110,6 +117,25 @@ def ray_cluster(address: Optional[str] = None, num_cpus: Optional[int] = None,
         yield ray
     finally:
         ray.shutdown()
+
+
+#: Signals whose meaning is the tool's (cli.py): cancel the rest, keep what is finished, write the report.
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _signal_handlers() -> Dict[int, Any]:
+    """The handlers this process has now (main thread only: elsewhere none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in SIGNALS}
+
+
+def _restore_signal_handlers(handlers: Dict[int, Any]) -> None:
+    """ray.init replaces the SIGTERM handler (Ray's exits with status 1, or aborts in its core worker):
+    put back the ones the tool had, so that SIGTERM and SIGINT end a cohort as they end a batch."""
+    for signum, handler in handlers.items():
+        if handler is not None:  # None: set outside Python, cannot be put back from here
+            signal.signal(signum, handler)
 
 
 def _put_package_on_path() -> None:
@@ -255,7 +281,7 @@ def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: 
             for ref in ready:
                 finish(ref)
             show()
-    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM (cli.Terminated)
+    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM (errors.Terminated)
         interrupted = exc
         _cancel(ray, pending, finish)
     for ref, index in list(pending.items()):

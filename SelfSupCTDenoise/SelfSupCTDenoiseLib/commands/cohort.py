@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, InputError, Terminated
 from .denoise import add_batch_arguments, completed_outputs, prepare_batch_folder
 from .options import config_from_args
 
@@ -171,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
         done = counts.get("done", 0)
         note = (f"{done} output(s) of this run are complete, {counts.get('cancelled', 0)} cancelled (nothing "
                 f"written for them); report: {report}")
-        if isinstance(interrupted, KeyboardInterrupt) and type(interrupted) is not KeyboardInterrupt:
-            raise type(interrupted)(note)  # SIGTERM (cli.Terminated): exit 143
+        if Terminated.came(interrupted):
+            raise Terminated(note)  # exit 143
         raise Cancelled(f"Cancelled; {note}.")
     return 1 if counts.get("failed", 0) else 0
 
