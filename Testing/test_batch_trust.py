@@ -187,3 +187,42 @@ def test_help_gives_the_exit_codes(command, capsys):
     for code in ("0 done", "1 some volumes failed", "2 bad input", "130 interrupted (Ctrl+C, SIGINT)",
                  "143 terminated (SIGTERM)"):
         assert code in text
+
+
+# --- inputs are read-only: nothing the tool writes may be an input or inside a folder it reads ---
+
+def test_a_batch_never_writes_into_an_input_folder(tiny_bundle, tmp_path, capsys):
+    # before: OUTDIR = the input folder was accepted (exit 0), and a rerun denoised its own outputs
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    volume(inputs / "case.nrrd", seed=7, dtype=np.int16)
+    before = snapshot(inputs)
+    for out in (inputs, inputs / "out"):
+        assert main(_batch(tiny_bundle, inputs, out)) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert str(inputs) in line and "never writes into its inputs" in line
+        assert snapshot(inputs) == before and not (inputs / "out").exists()
+    # a volume named on its own: its folder is not read, writing next to it is allowed
+    assert main(_batch(tiny_bundle, inputs / "case.nrrd", inputs)) == 0
+    assert (inputs / "case_denoised.nrrd").is_file()
+
+
+def test_a_cohort_never_writes_into_its_inputs(tiny_bundle, tmp_path, capsys):
+    # before: --events pointed at an input volume appended JSON to the CT file (checksum changed, exit 0)
+    study = tmp_path / "study"
+    study.mkdir()
+    ct = volume(study / "ct.nrrd", seed=8, dtype=np.int16)
+    (tmp_path / "m.csv").write_text("path\nstudy\n")
+    before = {**snapshot(study), "m.csv": (tmp_path / "m.csv").read_bytes()}
+    cohort = ["cohort", "--bundle", str(tiny_bundle.path), *QUICK]
+    for args, what in [([str(ct), str(tmp_path / "out"), "--events", str(ct)], "event log"),
+                       ([str(study), str(tmp_path / "out"), "--events", str(study / "log.jsonl")], "event log"),
+                       ([str(tmp_path / "m.csv"), str(tmp_path / "out"), "--events", str(tmp_path / "m.csv")],
+                        "event log"),
+                       ([str(study), str(study)], "output folder"),
+                       ([str(tmp_path / "m.csv"), str(study / "sub")], "output folder")]:
+        assert main([*cohort, *args]) == 2, args
+        line = one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"selfsupctdenoise: error: The {what} ") and "never writes into its inputs" in line
+    assert {**snapshot(study), "m.csv": (tmp_path / "m.csv").read_bytes()} == before
+    assert not (tmp_path / "out").exists() and not (study / "sub").exists()

@@ -32,6 +32,8 @@ class CohortVolume:
     target: Path
     noise_map: Optional[Path]
     config: AdaptConfig
+    #: The input folder it was found in (None: named itself); nothing is written inside it.
+    folder: Optional[Path] = None
 
     @property
     def name(self) -> str:
@@ -119,39 +121,43 @@ def read_cohort(inputs: Sequence[Path], out: Path, config: AdaptConfig, noise_ma
     from ..files.batch import batch_jobs, batch_noise_map, dicom_names, expand_inputs
 
     sources: List[Path] = []
+    folders: List[Optional[Path]] = []  # the input folder each source was found in
     names: List[Optional[str]] = []
     options: List[Dict[str, Any]] = []
-    for item in inputs:
-        item = Path(item)
+
+    def add(entry: Path, name: Optional[str] = None, row: Optional[Dict[str, Any]] = None,
+            where: Optional[Path] = None) -> None:
+        found = expand_inputs([entry])  # a folder's volumes; a missing volume is kept: it fails as its task
+        if name is not None and len(found) != 1:
+            raise InputError(f"{where}: {entry} holds {len(found)} volumes; an 'output' name needs one.")
+        sources.extend(found)
+        folders.extend([entry if found != [entry] else None] * len(found))
+        names.extend([None if name is None else _check_output_name(name, where)] * len(found))
+        options.extend([row or {}] * len(found))
+
+    for item in map(Path, inputs):
         suffix = item.suffix.lower()
         if item.is_file() and suffix == MANIFEST_SUFFIX:
             for source, name, row in _read_manifest(item):
-                found = expand_inputs([source]) if source.is_dir() else [source]
-                if name is not None and len(found) != 1:
-                    raise InputError(f"{item}: {source} holds {len(found)} volumes; an 'output' name needs one.")
-                sources += found
-                names += [None if name is None else _check_output_name(name, item)] * len(found)
-                options += [row] * len(found)
-            continue
-        found = expand_inputs(_read_list(item)) if item.is_file() and suffix in LIST_SUFFIXES else expand_inputs([item])
-        sources += found
-        names += [None] * len(found)
-        options += [{}] * len(found)
+                add(source, name, row, item)
+        else:
+            for entry in (_read_list(item) if item.is_file() and suffix in LIST_SUFFIXES else [item]):
+                add(entry)
     if not sources:
         raise InputError("The cohort has no volumes: give folders, volumes, a list file or a CSV manifest.")
     unique: Dict[Path, int] = {}  # a volume given twice is done once, with its first name and options
     for position, source in enumerate(sources):
         unique.setdefault(source.absolute(), position)
-    names = [names[i] for i in unique.values()]
-    options = [options[i] for i in unique.values()]
+    names, options, folders = ([values[i] for i in unique.values()] for values in (names, options, folders))
     jobs = batch_jobs(list(unique), Path(out).absolute(), names)
     if dicom_out:
         jobs = dicom_names(jobs)
     volumes = []
-    for index, ((source, target), row) in enumerate(zip(jobs, options)):
+    for index, ((source, target), row, folder) in enumerate(zip(jobs, options, folders)):
         try:
             settings = config.with_(**row) if row else config
         except InputError as exc:
             raise InputError(f"{source.name} (manifest): {exc}") from None
-        volumes.append(CohortVolume(index, source, target, batch_noise_map(target) if noise_maps else None, settings))
+        volumes.append(CohortVolume(index, source, target, batch_noise_map(target) if noise_maps else None, settings,
+                                    folder))
     return volumes

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 from ..errors import Cancelled, InputError, Terminated
+from ..files.batch import refuse_writes_into_inputs
 from .denoise import add_batch_arguments, completed_outputs, prepare_batch_folder
 from .options import config_from_args
 
@@ -94,7 +95,8 @@ def _local_gpus() -> int:
 def run(args: argparse.Namespace) -> int:
     from ..cohort.events import CohortProgress, EventLog
     from ..cohort.inputs import read_cohort
-    from ..cohort.qc import read_qc
+    from ..cohort.qc import QC_FOLDER, read_qc
+    from ..cohort.report import REPORT_NAME, write_report
     from ..cohort.scheduler import check_resources, ray_cluster, run_tasks
     from ..cohort.task import remove_staging, volume_spec
     from ..engine.bundle import MANIFEST, default_bundle_for_device, sha256_file
@@ -106,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     volumes = read_cohort(args.inputs, args.outdir, config, args.noise_maps, args.dicom_out)
     out = volumes[0].target.parent
+    events = args.events or out / EVENTS_NAME
+    refuse_writes_into_inputs(
+        [*args.inputs, *(v.source for v in volumes), *(v.folder for v in volumes if v.folder is not None)],
+        [("output folder", out), ("event log", events), ("QC folder", out / QC_FOLDER), ("report", out / REPORT_NAME),
+         *(("output", v.target) for v in volumes), *(("noise map", v.noise_map) for v in volumes if v.noise_map)])
     prepare_batch_folder(out)
     started = time.perf_counter()
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -131,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 specs.append(volume_spec(volume, run_id, bundle, sha256, args.dicom_out, args.force, True))
             elif read_qc(volume.target) is None:  # complete, but its QC is missing or out of date
                 specs.append(volume_spec(volume, run_id, bundle, sha256, args.dicom_out, args.force, False))
-        log = EventLog(args.events or out / EVENTS_NAME, run_id)
+        log = EventLog(events, run_id)
         stack.callback(log.close)
         names = {v.index: v.name for v in volumes}
         to_do = sum(spec["denoise"] for spec in specs)
@@ -157,8 +164,6 @@ def run(args: argparse.Namespace) -> int:
                 progress.close()
         remove_staging(out, run_id)
         rows = _report_rows(volumes, complete, outcomes, read_qc)
-        from ..cohort.report import write_report
-
         report = write_report(out, rows, title=f"Cohort QC: {out.name}",
                               details={"settings": f"steps {config.steps}, strength {config.strength:g}, "
                                                    f"seed {config.seed}, bundle {checked_bundle.name}",

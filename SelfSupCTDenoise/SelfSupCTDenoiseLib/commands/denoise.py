@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..engine.config import AdaptConfig
 from ..engine.noise_level import describe_run_estimate
 from ..errors import Cancelled, InputError, SelfSupCTDenoiseError
-from ..files.batch import batch_jobs, batch_noise_map, dicom_names, expand_inputs
+from ..files.batch import (batch_jobs, batch_noise_map, dicom_names, expand_inputs,
+                           refuse_writes_into_inputs)
 from ..files.identity import identity_difference
 from ..files.provenance_io import read_sidecar, sidecar_path
 from ..files.volumes import VOLUME_SUFFIXES, check_folder_writable, is_dicom_folder, stem, volume_suffix
@@ -54,7 +55,10 @@ def plan(paths: List[Path]) -> Tuple[List[Tuple[Path, Path]], bool]:
     if not out.exists() and volume_suffix(out) in VOLUME_SUFFIXES:  # would become a folder named like a file
         raise InputError(f"A folder input or several inputs need an output folder, and {out.name} is a volume "
                          f"file name: give a folder (e.g. {out.with_name(stem(out))}).")
-    return batch_jobs(expand_inputs(inputs), out), True
+    jobs = batch_jobs(expand_inputs(inputs), out)
+    refuse_writes_into_inputs([*inputs, *(source for source, _ in jobs)],
+                              [("output folder", out), *(("output", target) for _, target in jobs)])
+    return jobs, True
 
 
 #: Parameters that do not change the result: a rerun that differs only in them skips complete outputs.
