@@ -226,3 +226,16 @@ def test_a_cohort_never_writes_into_its_inputs(tiny_bundle, tmp_path, capsys):
         assert line.startswith(f"selfsupctdenoise: error: The {what} ") and "never writes into its inputs" in line
     assert {**snapshot(study), "m.csv": (tmp_path / "m.csv").read_bytes()} == before
     assert not (tmp_path / "out").exists() and not (study / "sub").exists()
+
+
+def test_an_unreachable_cluster_fails_within_the_connect_timeout_naming_the_address(tmp_path, capsys):
+    # before: still retrying after 10 minutes, printing Ray's warnings about another address (192.0.2.2:1)
+    ct = volume(tmp_path / "ct.nrrd", seed=9, dtype=np.int16)
+    started = time.monotonic()
+    assert main(["cohort", str(ct), str(tmp_path / "out"), "--address", "127.0.0.1:1", "--connect-timeout", "3",
+                 *QUICK]) == 2
+    assert time.monotonic() - started < 30
+    line = one_error_line(capsys.readouterr().err)
+    assert "127.0.0.1:1" in line and "--connect-timeout" in line
+    assert main(["cohort", str(ct), str(tmp_path / "out"), "--address", "127.0.0.1:1", "--connect-timeout", "nan"]) == 2
+    assert "--connect-timeout must be" in one_error_line(capsys.readouterr().err)

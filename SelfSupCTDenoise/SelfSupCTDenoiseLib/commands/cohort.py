@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import time
 import uuid
@@ -27,7 +28,7 @@ LOCK_NAME = ".selfsupctdenoise.cohort.lock"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cohort.scheduler import DEFAULT_MAX_RETRIES
+    from ..cohort.scheduler import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_RETRIES
 
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                         help="folders, volumes, list files (.txt: a path a line) or CSV manifests (.csv: a 'path' "
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Ray")
     group.add_argument("--address", help="Ray cluster to run on: auto, HOST:PORT or ray://HOST:10001 "
                                          "[start a local Ray on this machine, on 127.0.0.1 only]")
+    group.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_S, metavar="SECONDS",
+                       help="(--address) give up when no cluster answers there within this time "
+                            f"[{DEFAULT_CONNECT_TIMEOUT_S:g}]")
     group.add_argument("--gpus-per-volume", type=float,
                        help="GPUs each volume's task asks for (0.5: two volumes share a GPU) "
                             "[1 where the cluster has GPUs and --device is not cpu, else 0]")
@@ -105,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--workers sizes a local Ray; a cluster (--address) has the workers it has.")
     if args.max_retries < 0:
         raise InputError("--max-retries must be >= 0.")
+    if not math.isfinite(args.connect_timeout) or args.connect_timeout <= 0:
+        raise InputError("--connect-timeout must be a number of seconds > 0.")
     config = config_from_args(args)
     volumes = read_cohort(args.inputs, args.outdir, config, args.noise_maps, args.dicom_out)
     out = volumes[0].target.parent
@@ -119,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         stack.enter_context(_cohort_lock(out))
         remove_staging(out)  # left by killed tasks of earlier runs
-        cluster = stack.enter_context(ray_cluster(args.address)) if args.address is not None else None
+        cluster = (stack.enter_context(ray_cluster(args.address, connect_timeout_s=args.connect_timeout))
+                   if args.address is not None else None)
         gpus_here = (cluster.cluster_resources().get("GPU", 0.0) if cluster is not None
                      else (_local_gpus() if config.device != "cpu" and args.gpus_per_volume is None else 0))
         cpus, gpus, device_type = _resources(args, config, gpus_here)
