@@ -239,3 +239,49 @@ def test_an_unreachable_cluster_fails_within_the_connect_timeout_naming_the_addr
     assert "127.0.0.1:1" in line and "--connect-timeout" in line
     assert main(["cohort", str(ct), str(tmp_path / "out"), "--address", "127.0.0.1:1", "--connect-timeout", "nan"]) == 2
     assert "--connect-timeout must be" in one_error_line(capsys.readouterr().err)
+
+
+# --- manifests and values: nothing ragged, nothing non-finite ----------------------------------
+
+def test_non_finite_numbers_are_refused_wherever_options_are_read(tmp_path, capsys):
+    # before: lr=inf and gaussian_sigma_hu=nan were accepted
+    from SelfSupCTDenoiseLib.cohort.inputs import read_cohort
+    from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+    from SelfSupCTDenoiseLib.errors import InputError
+    from SelfSupCTDenoiseSlicer.settings import buildConfig
+
+    ct = volume(tmp_path / "ct.nrrd", seed=10, dtype=np.int16)
+    for key, value in (("lr", float("inf")), ("gaussian_sigma_hu", float("nan")), ("strength", float("nan"))):
+        with pytest.raises(InputError, match=f"{key} must be a finite number"):
+            AdaptConfig.from_dict({key: value})
+    for flag in (["--lr", "inf"], ["--gaussian-sigma", "nan"]):  # the command line
+        assert main(["denoise", str(ct), str(tmp_path / "o.nrrd"), *flag, *QUICK]) == 2
+        assert "must be a finite number" in one_error_line(capsys.readouterr().err)
+    (tmp_path / "params.json").write_text('{"lr": Infinity}')  # a config file (Python's json reads it)
+    assert main(["denoise", str(ct), str(tmp_path / "o.nrrd"), "--config", str(tmp_path / "params.json"), *QUICK]) == 2
+    assert "lr must be a finite number" in one_error_line(capsys.readouterr().err)
+    (tmp_path / "m.csv").write_text("path,lr\nct.nrrd,inf\n")  # a manifest
+    with pytest.raises(InputError, match="lr must be a finite number"):
+        read_cohort([tmp_path / "m.csv"], tmp_path / "out", AdaptConfig())
+    with pytest.raises(InputError, match="lr must be a finite number"):  # the Slicer panel
+        buildConfig(steps=5, period=5, learningRate=float("inf"), batchSize=4, seed=0, device="cpu", strength=1.0)
+    for flag in ("--cpus-per-volume", "--gpus-per-volume"):
+        assert main(["cohort", str(ct), str(tmp_path / "out"), flag, "nan", *QUICK]) == 2
+        assert f"{flag} must be" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("path,steps,Steps\nct.nrrd,3,4\n", "line 1: the column steps is given twice"),
+    ("path,steps\nct.nrrd,3,4\n", "line 2: 3 cells where the header has 2"),
+    ("path,steps,strength\nct.nrrd,3\n", "line 2: 2 cells where the header has 3")])
+def test_a_manifest_with_a_repeated_column_or_a_ragged_row_is_refused_with_its_line(tmp_path, text, message):
+    # before: a repeated header silently kept the last column, and extra cells were dropped
+    from SelfSupCTDenoiseLib.cohort.inputs import read_cohort
+    from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+    from SelfSupCTDenoiseLib.errors import InputError
+
+    volume(tmp_path / "ct.nrrd", seed=11, dtype=np.int16)
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_cohort([tmp_path / "m.csv"], tmp_path / "out", AdaptConfig())

@@ -76,6 +76,9 @@ def _read_manifest(path: Path) -> List[Tuple[Path, Optional[str], Dict[str, Any]
     if not rows:
         raise InputError(f"The manifest {path} is empty: it needs a header with a 'path' column.")
     columns = [_column(h) for h in rows[0]]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise InputError(f"{path} line 1: the column {repeated[0]} is given twice (a manifest names each column once).")
     unknown = [h for h, c in zip(rows[0], columns) if c not in ("path", "output", *types)]
     if "path" not in columns or unknown:
         problem = f"unknown column(s) {', '.join(unknown)}" if unknown else "no 'path' column"
@@ -84,8 +87,10 @@ def _read_manifest(path: Path) -> List[Tuple[Path, Optional[str], Dict[str, Any]
     entries = []
     for line, row in enumerate(rows[1:], start=2):
         cells = dict(zip(columns, (cell.strip() for cell in row)))
-        if not any(cells.values()):
+        if not any(cell.strip() for cell in row):
             continue
+        if len(row) != len(columns):
+            raise InputError(f"{path} line {line}: {len(row)} cells where the header has {len(columns)}.")
         if not cells.get("path"):
             raise InputError(f"{path} line {line}: the path is empty.")
         options = {}

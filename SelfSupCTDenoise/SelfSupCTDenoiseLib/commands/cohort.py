@@ -76,13 +76,13 @@ def _cohort_lock(folder: Path) -> Iterator[None]:
 def _resources(args: argparse.Namespace, config, cluster_gpus: float):
     """(CPUs, GPUs) per volume and the device type its tasks run on."""
     cpus = args.cpus_per_volume if args.cpus_per_volume is not None else float(config.threads or 1)
-    if cpus <= 0:
-        raise InputError("--cpus-per-volume must be > 0.")
+    if not (math.isfinite(cpus) and cpus > 0):
+        raise InputError("--cpus-per-volume must be a number > 0.")
     gpus = args.gpus_per_volume
     if gpus is None:
         gpus = 1.0 if config.device != "cpu" and cluster_gpus > 0 else 0.0
-    if gpus < 0:
-        raise InputError("--gpus-per-volume must be >= 0.")
+    if not (math.isfinite(gpus) and gpus >= 0):
+        raise InputError("--gpus-per-volume must be a number >= 0.")
     if config.device == "cpu" and gpus > 0:
         raise InputError("--device cpu with --gpus-per-volume > 0: the GPUs would be reserved and left idle.")
     if config.device == "cuda" and gpus == 0:
