@@ -159,13 +159,14 @@ def test_a_task_moves_a_complete_set_into_place_or_nothing(tiny_bundle, tmp_path
         task.process_volume(spec)
     assert seen == [["v_denoised.nrrd", "v_denoised.nrrd.json", "v_noise_map.nrrd"]]
     assert sorted(p.name for p in out.iterdir()) == ["v_denoised.nrrd", "v_noise_map.nrrd"]  # no sidecar
-    assert completed_outputs([(volume.target, volume.noise_map, volume.config)], tiny_bundle.path) == [None]
+    job = (volume.source, volume.target, volume.noise_map, volume.config)
+    assert completed_outputs([job], tiny_bundle.path) == [None]
     monkeypatch.setattr(task.os, "replace", real_replace)
     summary = task.process_volume(spec)  # the next attempt completes it
     assert summary["status"] == "done" and "qc_error" not in summary
     assert sorted(p.name for p in out.iterdir()) == ["qc", "v_denoised.nrrd", "v_denoised.nrrd.json",
                                                      "v_noise_map.nrrd"]
-    assert completed_outputs([(volume.target, volume.noise_map, volume.config)], tiny_bundle.path)[0] is not None
+    assert completed_outputs([job], tiny_bundle.path)[0] is not None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,6 +283,31 @@ def test_second_run_skips_everything_already_done(cohort, tiny_bundle):
     assert [e["volume"] for e in second if e["event"] == "started"] == ["broken.nrrd"]
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_denoised.nrrd*")} == before
     assert {p.name: p.stat().st_mtime_ns for p in (out / "qc").iterdir()} == qc_before
+
+
+def test_another_scan_with_the_same_name_is_refused_and_force_redoes_it_with_its_qc(ray_session, tiny_bundle,
+                                                                                    tmp_path, capsys):
+    # before: "skipped", exit 0, and the QC page showed a's result as b's
+    from SelfSupCTDenoiseLib.cohort.qc import read_qc
+    from SelfSupCTDenoiseLib.files.identity import input_identity
+
+    for name, seed in (("a", 90), ("b", 91)):
+        (tmp_path / name).mkdir()
+        save_volume(tmp_path / name / "case.nrrd", seed=seed, slices=2, size=32)
+    out = tmp_path / "out"
+    cohort = ["cohort", "--bundle", str(tiny_bundle.path), *FAST]
+    assert main([*cohort, str(tmp_path / "a"), str(out)]) == 0
+    first = {p.name: p.read_bytes() for p in out.glob("case_denoised.nrrd*")}
+    qc_a = read_qc(out / "case_denoised.nrrd")
+    capsys.readouterr()
+    assert main([*cohort, str(tmp_path / "b"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "case_denoised.nrrd: case.nrrd holds other voxels" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in out.glob("case_denoised.nrrd*")} == first
+    assert main([*cohort, str(tmp_path / "b"), str(out), "--force"]) == 0
+    assert read_sidecar(out / "case_denoised.nrrd")["input_identity"] == input_identity(tmp_path / "b" / "case.nrrd")
+    qc_b = read_qc(out / "case_denoised.nrrd")  # the QC of b's output, not a's
+    assert qc_b is not None and qc_b["noise_sd_input_hu"] != qc_a["noise_sd_input_hu"]
 
 
 def test_qc_numbers_are_the_engines_trust_measures(cohort):

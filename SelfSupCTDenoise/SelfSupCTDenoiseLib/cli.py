@@ -10,19 +10,23 @@ import threading
 from typing import List, Optional
 
 from . import __version__
-from .errors import Cancelled, SelfSupCTDenoiseError
+from .errors import Cancelled, SelfSupCTDenoiseError, Terminated
 
 #: Subcommands, in the order `--help` lists them; each is `commands/<name>.py`.
 COMMANDS = ("denoise", "cohort", "evaluate", "measure", "demo", "pretrain", "simulate", "benchmark",
             "benchmark-lesions", "worker")
 HIDDEN = ("worker",)
+EXIT_CODES = ("exit status: 0 done; 1 some volumes failed (a batch or cohort: the others are done); 2 bad input "
+              "or usage, refused with one line; 130 interrupted (Ctrl+C, SIGINT); 143 terminated (SIGTERM). "
+              "Interrupted or terminated, finished outputs are kept and nothing half-written is left; a cohort "
+              "still writes its report and its run_finished event.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsupctdenoise",
         description="Low-dose CT denoising with self-supervised per-volume adaptation "
-                    "(research use, not for diagnosis).")
+                    "(research use, not for diagnosis).", epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -34,17 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         # a subparser added without help= is not listed in --help
         kwargs = {"description": module.HELP} if name in HIDDEN else {"help": module.HELP, "description": module.HELP}
-        command = sub.add_parser(name, **kwargs)
+        command = sub.add_parser(name, epilog=EXIT_CODES, **kwargs)
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl+C so that every cleanup (temporary files) runs."""
-
-
 def _on_sigterm(signum, frame):
+    Terminated.received = True
     raise Terminated()
 
 
@@ -52,6 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    Terminated.received = False
     try:
         return int(args.run(args) or 0)
     except Cancelled as exc:
@@ -64,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"selfsupctdenoise: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM; a command may say what was written
-        terminated = isinstance(exc, Terminated)
+        terminated = Terminated.came(exc)
         print(f"selfsupctdenoise: {'terminated' if terminated else 'interrupted'}"
               f"{'; ' + str(exc) if str(exc) else ''}.", file=sys.stderr)
         return 143 if terminated else 130

@@ -34,6 +34,8 @@ class CohortVolume:
     noise_map: Optional[Path]
     config: AdaptConfig
     series: Optional[str] = None  # of a DICOM study folder (--series, or the manifest's column)
+    #: The input folder it was found in (None: named itself); nothing is written inside it.
+    folder: Optional[Path] = None
 
     @property
     def name(self) -> str:
@@ -80,6 +82,9 @@ def _read_manifest(path: Path) -> List[Tuple[Path, Dict[str, str], Dict[str, Any
     if not rows:
         raise InputError(f"The manifest {path} is empty: it needs a header with a 'path' column.")
     columns = [_column(h) for h in rows[0]]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise InputError(f"{path} line 1: the column {repeated[0]} is given twice (a manifest names each column once).")
     unknown = [h for h, c in zip(rows[0], columns) if c not in (*INPUT_COLUMNS, *types)]
     if "path" not in columns or unknown:
         problem = f"unknown column(s) {', '.join(unknown)}" if unknown else "no 'path' column"
@@ -88,8 +93,10 @@ def _read_manifest(path: Path) -> List[Tuple[Path, Dict[str, str], Dict[str, Any
     entries = []
     for line, row in enumerate(rows[1:], start=2):
         cells = dict(zip(columns, (cell.strip() for cell in row)))
-        if not any(cells.values()):
+        if not any(cell.strip() for cell in row):
             continue
+        if len(row) != len(columns):
+            raise InputError(f"{path} line {line}: {len(row)} cells where the header has {len(columns)}.")
         if not cells.get("path"):
             raise InputError(f"{path} line {line}: the path is empty.")
         options = {}
@@ -125,45 +132,45 @@ def read_cohort(inputs: Sequence[Path], out: Path, config: AdaptConfig, noise_ma
     from ..files.batch import batch_jobs, batch_noise_map, dicom_names, expand_inputs
 
     sources: List[Path] = []
+    folders: List[Optional[Path]] = []  # the input folder each source was found in
     names: List[Optional[str]] = []
     picks: List[Optional[str]] = []  # series
     options: List[Dict[str, Any]] = []
-    for item in inputs:
-        item = Path(item)
+
+    def add(entry: Path, name: Optional[str] = None, row: Optional[Dict[str, Any]] = None,
+            where: Optional[Path] = None, pick: Optional[str] = None) -> None:
+        found = expand_inputs([entry])  # a folder's volumes; a missing volume is kept: it fails as its task
+        if name is not None and len(found) != 1:
+            raise InputError(f"{where}: {entry} holds {len(found)} volumes; an 'output' name needs one.")
+        sources.extend(found)
+        folders.extend([entry if found != [entry] else None] * len(found))
+        names.extend([None if name is None else _check_output_name(name, where)] * len(found))
+        picks.extend([pick] * len(found))
+        options.extend([row or {}] * len(found))
+
+    for item in map(Path, inputs):
         suffix = item.suffix.lower()
         if item.is_file() and suffix == MANIFEST_SUFFIX:
             for source, cells, row in _read_manifest(item):
-                name = cells.get("output")
-                found = expand_inputs([source]) if source.is_dir() else [source]
-                if name is not None and len(found) != 1:
-                    raise InputError(f"{item}: {source} holds {len(found)} volumes; an 'output' name needs one.")
-                sources += found
-                names += [None if name is None else _check_output_name(name, item)] * len(found)
-                picks += [cells.get("series", series)] * len(found)
-                options += [row] * len(found)
-            continue
-        found = expand_inputs(_read_list(item)) if item.is_file() and suffix in LIST_SUFFIXES else expand_inputs([item])
-        sources += found
-        names += [None] * len(found)
-        picks += [series] * len(found)
-        options += [{}] * len(found)
+                add(source, cells.get("output"), row, item, cells.get("series", series))
+        else:
+            for entry in (_read_list(item) if item.is_file() and suffix in LIST_SUFFIXES else [item]):
+                add(entry, pick=series)
     if not sources:
         raise InputError("The cohort has no volumes: give folders, volumes, a list file or a CSV manifest.")
     unique: Dict[Path, int] = {}  # a volume given twice is done once, with its first name and options
     for position, source in enumerate(sources):
         unique.setdefault(source.absolute(), position)
-    names = [names[i] for i in unique.values()]
-    picks = [picks[i] for i in unique.values()]
-    options = [options[i] for i in unique.values()]
+    names, options, folders, picks = ([values[i] for i in unique.values()] for values in (names, options, folders, picks))
     jobs = batch_jobs(list(unique), Path(out).absolute(), names)
     if dicom_out:
         jobs = dicom_names(jobs)
     volumes = []
-    for index, ((source, target), row, pick) in enumerate(zip(jobs, options, picks)):
+    for index, ((source, target), row, folder, pick) in enumerate(zip(jobs, options, folders, picks)):
         try:
             settings = config.with_(**row) if row else config
         except InputError as exc:
             raise InputError(f"{source.name} (manifest): {exc}") from None
         volumes.append(CohortVolume(index, source, target, batch_noise_map(target) if noise_maps else None, settings,
-                                    pick))
+                                    pick, folder))
     return volumes

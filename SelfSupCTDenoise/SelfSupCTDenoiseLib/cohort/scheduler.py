@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from importlib import metadata
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -27,6 +29,8 @@ DEFAULT_MAX_RETRIES = 2
 #: before they are killed.
 CANCEL_GRACE_S = 10.0
 POLL_S = 0.2
+#: Seconds a cohort tries to reach the cluster of --address before it gives up.
+DEFAULT_CONNECT_TIMEOUT_S = 60.0
 #: Ray's switch for "this node's address is the loopback one" (what it does on macOS and Windows),
 #: read when Ray is imported: its servers then listen on 127.0.0.1 only.
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -61,11 +65,42 @@ def _check_loopback(node_ip: str) -> None:
                          "in a fresh process (Ray must not be imported before it), or give --address.")
 
 
+def _host_port(address: str) -> Optional[Tuple[str, int]]:
+    """(host, port) of "host:port" or "ray://host:port"; None for "auto" (Ray finds the address)."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def wait_for_cluster(address: str, timeout_s: float) -> None:
+    """Refuse, within `timeout_s`, a cluster address where nothing answers: Ray itself retries for many
+    minutes, printing warnings that name another address."""
+    where = _host_port(address)
+    if where is None:
+        return
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(where, timeout=max(0.1, min(5.0, deadline - time.monotonic()))).close()
+            return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        if time.monotonic() + 1.0 > deadline:
+            raise InputError(f"No Ray cluster answers at {address} (tried for {timeout_s:g} s: {reason}): check the "
+                             "address and that the cluster is up (--connect-timeout sets how long to try).")
+        time.sleep(1.0)
+
+
 @contextlib.contextmanager
 def ray_cluster(address: Optional[str] = None, num_cpus: Optional[int] = None,
-                num_gpus: Optional[int] = None) -> Iterator[Any]:
+                num_gpus: Optional[int] = None, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> Iterator[Any]:
     """Ray, connected: a new local Ray on this machine (`address` None; `num_cpus`, `num_gpus` its
-    resources, default all) or the cluster at `address` ("auto", "host:port", "ray://host:10001").
+    resources, default all) or the cluster at `address` ("auto", "host:port", "ray://host:10001"),
+    refused where nothing answers within `connect_timeout_s`.
     Disconnects at the end; a local Ray is stopped. Where this process is already connected (a
     script or a test session that started Ray with this function), that connection is used and
     left as it is."""
@@ -83,23 +118,30 @@ def ray_cluster(address: Optional[str] = None, num_cpus: Optional[int] = None,
         if has_token_auth():
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         _put_package_on_path()
-    elif has_token_auth() and "RAY_AUTH_MODE" not in os.environ:
-        os.environ["RAY_AUTH_MODE"] = "token"
+    else:
+        wait_for_cluster(address, connect_timeout_s)
+        if has_token_auth() and "RAY_AUTH_MODE" not in os.environ:
+            os.environ["RAY_AUTH_MODE"] = "token"
     ray = _import_ray()
     if ray.is_initialized():
         raise InputError("Ray is already connected in this process; disconnect it first (ray.shutdown()).")
     import logging
 
+    handlers = _signal_handlers()
     try:
         if address is None:
             context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
                                logging_level=logging.WARNING)
         else:
             context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to start or join (Ray raises bare Exception too)
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # what a failed start had started (its agents would outlive the run)
         where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
         raise InputError(f"Could not {where}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
                          + ("" if address is None else " (is the token set? see docs/COHORT.md)")) from None
+    finally:
+        _restore_signal_handlers(handlers)
     try:
         if address is None:
             _check_loopback((context.address_info or {}).get("node_ip_address", ""))
@@ -110,6 +152,25 @@ def ray_cluster(address: Optional[str] = None, num_cpus: Optional[int] = None,
         yield ray
     finally:
         ray.shutdown()
+
+
+#: Signals whose meaning is the tool's (cli.py): cancel the rest, keep what is finished, write the report.
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _signal_handlers() -> Dict[int, Any]:
+    """The handlers this process has now (main thread only: elsewhere none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in SIGNALS}
+
+
+def _restore_signal_handlers(handlers: Dict[int, Any]) -> None:
+    """ray.init replaces the SIGTERM handler (Ray's exits with status 1, or aborts in its core worker):
+    put back the ones the tool had, so that SIGTERM and SIGINT end a cohort as they end a batch."""
+    for signum, handler in handlers.items():
+        if handler is not None:  # None: set outside Python, cannot be put back from here
+            signal.signal(signum, handler)
 
 
 def _put_package_on_path() -> None:
@@ -255,7 +316,7 @@ def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: 
             for ref in ready:
                 finish(ref)
             show()
-    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM (cli.Terminated)
+    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM (errors.Terminated)
         interrupted = exc
         _cancel(ray, pending, finish)
     for ref, index in list(pending.items()):

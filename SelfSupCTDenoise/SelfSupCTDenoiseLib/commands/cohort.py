@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import time
 import uuid
@@ -16,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, InputError, Terminated
+from ..files.batch import refuse_writes_into_inputs
 from .denoise import add_batch_arguments, completed_outputs, prepare_batch_folder
 from .options import config_from_args
 
@@ -26,7 +28,7 @@ LOCK_NAME = ".selfsupctdenoise.cohort.lock"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cohort.scheduler import DEFAULT_MAX_RETRIES
+    from ..cohort.scheduler import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_RETRIES
 
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                         help="folders, volumes, list files (.txt: a path a line) or CSV manifests (.csv: a 'path' "
@@ -35,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Ray")
     group.add_argument("--address", help="Ray cluster to run on: auto, HOST:PORT or ray://HOST:10001 "
                                          "[start a local Ray on this machine, on 127.0.0.1 only]")
+    group.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_S, metavar="SECONDS",
+                       help="(--address) give up when no cluster answers there within this time "
+                            f"[{DEFAULT_CONNECT_TIMEOUT_S:g}]")
     group.add_argument("--gpus-per-volume", type=float,
                        help="GPUs each volume's task asks for (0.5: two volumes share a GPU) "
                             "[1 where the cluster has GPUs and --device is not cpu, else 0]")
@@ -71,13 +76,13 @@ def _cohort_lock(folder: Path) -> Iterator[None]:
 def _resources(args: argparse.Namespace, config, cluster_gpus: float):
     """(CPUs, GPUs) per volume and the device type its tasks run on."""
     cpus = args.cpus_per_volume if args.cpus_per_volume is not None else float(config.threads or 1)
-    if cpus <= 0:
-        raise InputError("--cpus-per-volume must be > 0.")
+    if not (math.isfinite(cpus) and cpus > 0):
+        raise InputError("--cpus-per-volume must be a number > 0.")
     gpus = args.gpus_per_volume
     if gpus is None:
         gpus = 1.0 if config.device != "cpu" and cluster_gpus > 0 else 0.0
-    if gpus < 0:
-        raise InputError("--gpus-per-volume must be >= 0.")
+    if not (math.isfinite(gpus) and gpus >= 0):
+        raise InputError("--gpus-per-volume must be a number >= 0.")
     if config.device == "cpu" and gpus > 0:
         raise InputError("--device cpu with --gpus-per-volume > 0: the GPUs would be reserved and left idle.")
     if config.device == "cuda" and gpus == 0:
@@ -94,7 +99,8 @@ def _local_gpus() -> int:
 def run(args: argparse.Namespace) -> int:
     from ..cohort.events import CohortProgress, EventLog
     from ..cohort.inputs import read_cohort
-    from ..cohort.qc import read_qc
+    from ..cohort.qc import QC_FOLDER, read_qc
+    from ..cohort.report import REPORT_NAME, write_report
     from ..cohort.scheduler import check_resources, ray_cluster, run_tasks
     from ..cohort.task import remove_staging, volume_spec
     from ..engine.bundle import MANIFEST, default_bundle_for_device, sha256_file
@@ -103,23 +109,31 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--workers sizes a local Ray; a cluster (--address) has the workers it has.")
     if args.max_retries < 0:
         raise InputError("--max-retries must be >= 0.")
+    if not math.isfinite(args.connect_timeout) or args.connect_timeout <= 0:
+        raise InputError("--connect-timeout must be a number of seconds > 0.")
     config = config_from_args(args)
     volumes = read_cohort(args.inputs, args.outdir, config, args.noise_maps, args.dicom_out, args.series)
     out = volumes[0].target.parent
+    events = args.events or out / EVENTS_NAME
+    refuse_writes_into_inputs(
+        [*args.inputs, *(v.source for v in volumes), *(v.folder for v in volumes if v.folder is not None)],
+        [("output folder", out), ("event log", events), ("QC folder", out / QC_FOLDER), ("report", out / REPORT_NAME),
+         *(("output", v.target) for v in volumes), *(("noise map", v.noise_map) for v in volumes if v.noise_map)])
     prepare_batch_folder(out)
     started = time.perf_counter()
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with contextlib.ExitStack() as stack:
         stack.enter_context(_cohort_lock(out))
         remove_staging(out)  # left by killed tasks of earlier runs
-        cluster = stack.enter_context(ray_cluster(args.address)) if args.address is not None else None
+        cluster = (stack.enter_context(ray_cluster(args.address, connect_timeout_s=args.connect_timeout))
+                   if args.address is not None else None)
         gpus_here = (cluster.cluster_resources().get("GPU", 0.0) if cluster is not None
                      else (_local_gpus() if config.device != "cpu" and args.gpus_per_volume is None else 0))
         cpus, gpus, device_type = _resources(args, config, gpus_here)
         bundle = args.bundle.absolute() if args.bundle else None
         checked_bundle = bundle or default_bundle_for_device(device_type)
-        complete = completed_outputs([(v.target, v.noise_map, v.config) for v in volumes], checked_bundle,
-                                     args.force)
+        complete = completed_outputs([(v.source, v.target, v.noise_map, v.config) for v in volumes], checked_bundle,
+                                     args.force, [v.series for v in volumes])
         # each task's torch threads: its CPUs, unless --threads says otherwise (a rerun ignores threads)
         threads = max(1, int(cpus))
         volumes = [v if v.config.threads else replace(v, config=v.config.with_(threads=threads)) for v in volumes]
@@ -131,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 specs.append(volume_spec(volume, run_id, bundle, sha256, args.dicom_out, args.force, True))
             elif read_qc(volume.target) is None:  # complete, but its QC is missing or out of date
                 specs.append(volume_spec(volume, run_id, bundle, sha256, args.dicom_out, args.force, False))
-        log = EventLog(args.events or out / EVENTS_NAME, run_id)
+        log = EventLog(events, run_id)
         stack.callback(log.close)
         names = {v.index: v.name for v in volumes}
         to_do = sum(spec["denoise"] for spec in specs)
@@ -157,8 +171,6 @@ def run(args: argparse.Namespace) -> int:
                 progress.close()
         remove_staging(out, run_id)
         rows = _report_rows(volumes, complete, outcomes, read_qc)
-        from ..cohort.report import write_report
-
         report = write_report(out, rows, title=f"Cohort QC: {out.name}",
                               details={"settings": f"steps {config.steps}, strength {config.strength:g}, "
                                                    f"seed {config.seed}, bundle {checked_bundle.name}",
@@ -171,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
         done = counts.get("done", 0)
         note = (f"{done} output(s) of this run are complete, {counts.get('cancelled', 0)} cancelled (nothing "
                 f"written for them); report: {report}")
-        if isinstance(interrupted, KeyboardInterrupt) and type(interrupted) is not KeyboardInterrupt:
-            raise type(interrupted)(note)  # SIGTERM (cli.Terminated): exit 143
+        if Terminated.came(interrupted):
+            raise Terminated(note)  # exit 143
         raise Cancelled(f"Cancelled; {note}.")
     return 1 if counts.get("failed", 0) else 0
 

@@ -6,12 +6,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..engine.config import AdaptConfig
 from ..engine.noise_level import describe_run_estimate
 from ..errors import Cancelled, InputError, SelfSupCTDenoiseError
-from ..files.batch import batch_jobs, batch_noise_map, dicom_names, expand_inputs
+from ..files.batch import (batch_jobs, batch_noise_map, dicom_names, expand_inputs,
+                           refuse_writes_into_inputs)
+from ..files.identity import identity_difference
 from ..files.provenance_io import read_sidecar, sidecar_path
 from ..files.volumes import VOLUME_SUFFIXES, check_folder_writable, is_dicom_folder, stem, volume_suffix
 from .options import add_adapt_arguments, config_from_args
@@ -57,7 +59,10 @@ def plan(paths: List[Path]) -> Tuple[List[Tuple[Path, Path]], bool]:
     if not out.exists() and volume_suffix(out) in VOLUME_SUFFIXES:  # would become a folder named like a file
         raise InputError(f"A folder input or several inputs need an output folder, and {out.name} is a volume "
                          f"file name: give a folder (e.g. {out.with_name(stem(out))}).")
-    return batch_jobs(expand_inputs(inputs), out), True
+    jobs = batch_jobs(expand_inputs(inputs), out)
+    refuse_writes_into_inputs([*inputs, *(source for source, _ in jobs)],
+                              [("output folder", out), *(("output", target) for _, target in jobs)])
+    return jobs, True
 
 
 #: Parameters that do not change the result: a rerun that differs only in them skips complete outputs.
@@ -98,26 +103,50 @@ def prepare_batch_folder(folder: Path) -> None:
     check_folder_writable(folder)
 
 
-def completed_outputs(jobs: List[Tuple[Path, Optional[Path], AdaptConfig]], bundle: Path,
-                      force: bool = False) -> List[Optional[Dict[str, Any]]]:
-    """The resume rule of a batch, for each (output, noise map or None, settings): the sidecar record
-    of an output already complete with these settings (skip it), or None (do it). Complete outputs
-    made with other settings are refused, listing what differs, unless `force` (all are redone)."""
+#: How a refusal of the resume rule ends.
+REDO_HINT = ("add --force to redo them (each is replaced only once its new version is complete), or choose "
+             "another output folder.")
+
+
+def completed_outputs(jobs: List[Tuple[Path, Path, Optional[Path], AdaptConfig]], bundle: Path,
+                      force: bool = False, series: Optional[Sequence[Optional[str]]] = None
+                      ) -> List[Optional[Dict[str, Any]]]:
+    """The resume rule of a batch, for each (input, output, noise map or None, settings): the sidecar
+    record of an output already complete, made from this very input (files/identity.py) with these
+    settings (skip it), or None (do it). Complete outputs made from another input of the same name,
+    or with other settings, are refused, listing what differs, unless `force` (all are redone). An
+    output whose sidecar does not say which input it was made from (an older version wrote it) is
+    redone, and said so: it is never taken for done. `series`: per job, the series of a DICOM study
+    folder it reads (--series)."""
     if force:
         return [None] * len(jobs)
-    complete = [_complete(target) for target, _, _ in jobs]
+    complete = [_complete(target) for _, target, _, _ in jobs]
+    folder = jobs[0][1].parent
+    others: List[str] = []  # output: what differs in its input
+    for index, ((source, target, _, _), record) in enumerate(zip(jobs, complete)):
+        if record is None:
+            continue
+        if not isinstance(record.get("input_identity"), dict):
+            print(f"selfsupctdenoise: {target.name} does not record which input it was made from (an older "
+                  "version wrote it): it is redone.", file=sys.stderr)
+            complete[index] = None
+            continue
+        difference = identity_difference(record["input_identity"], source, series[index] if series else None)
+        if difference is not None:
+            others.append(f"{target.name}: {difference}")
+    if others:
+        raise InputError(f"{len(others)} output(s) in {folder} were made from another input of the same name "
+                         f"({'; '.join(others)}): {REDO_HINT}")
     sha256 = _bundle_sha256(bundle)
     changed: Dict[str, List[str]] = {}  # what differs -> outputs
-    for (target, noise_map, config), record in zip(jobs, complete):
+    for (_, target, noise_map, config), record in zip(jobs, complete):
         if record is not None:
             for difference in _differences(record, config, sha256, noise_map):
                 changed.setdefault(difference, []).append(target.name)
     if changed:
         names = sorted({name for names in changed.values() for name in names})
-        raise InputError(
-            f"{len(names)} output(s) in {jobs[0][0].parent} were made with other settings "
-            f"({'; '.join(changed)}): add --force to redo them (each is replaced only once its new "
-            "version is complete), or choose another output folder.")
+        raise InputError(f"{len(names)} output(s) in {folder} were made with other settings "
+                         f"({'; '.join(changed)}): {REDO_HINT}")
     return complete
 
 
@@ -152,8 +181,9 @@ def run(args: argparse.Namespace) -> int:
     complete = [None] * len(jobs)
     if batch:
         prepare_batch_folder(jobs[0][1].parent)
-        complete = completed_outputs([(target, noise_map, config) for (_, target), noise_map in zip(jobs, noise_maps)],
-                                     bundle, args.force)
+        complete = completed_outputs([(source, target, noise_map, config)
+                                      for (source, target), noise_map in zip(jobs, noise_maps)], bundle, args.force,
+                                     [args.series] * len(jobs))
     results = []
     for index, ((source, target), noise_map) in enumerate(zip(jobs, noise_maps), 1):
         prefix = f"[{index}/{len(jobs)}] {source.name}: " if batch else ""

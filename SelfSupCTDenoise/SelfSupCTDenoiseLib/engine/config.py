@@ -5,6 +5,7 @@ Everything the paper leaves open is a documented field here with the default thi
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Dict, List, Mapping
@@ -80,6 +81,8 @@ def _type_problems(config: Any) -> List[str]:
         accepted, wording = _TYPES[kind]
         if not isinstance(value, accepted) or (isinstance(value, bool) and kind != "bool"):
             problems.append(f"{field.name} must be {wording}{' or null' if optional else ''} (got {value!r})")
+        elif kind == "float" and not math.isfinite(value):  # inf, nan: from a flag, a JSON file or a manifest
+            problems.append(f"{field.name} must be a finite number (got {value!r})")
     return problems
 
 

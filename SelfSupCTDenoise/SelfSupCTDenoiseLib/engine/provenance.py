@@ -1,7 +1,8 @@
 """What made an output: versions, bundle and checksum, device, seed, every parameter, timing.
 
 One plain dict (`build_provenance`), made by every run; `files/provenance_io.py` writes and reads it
-(NRRD header fields, MRML node attributes, JSON sidecar). Nothing here imports torch: versions
+(NRRD header fields, MRML node attributes, JSON sidecar). `files.denoise_file` adds what the output was
+made from, `input_identity` (files/identity.py), which the resume rule of a batch compares. Nothing here imports torch: versions
 come from the installed package metadata.
 """
 

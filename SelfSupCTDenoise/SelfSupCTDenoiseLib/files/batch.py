@@ -3,8 +3,9 @@ each input's output paths in the output folder (shared by `denoise` and `cohort`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..errors import InputError
 from .volumes import VOLUME_SUFFIXES, is_dicom_folder, stem, volume_suffix
@@ -52,3 +53,23 @@ def dicom_names(jobs: List[Tuple[Path, Path]]) -> List[Tuple[Path, Path]]:
 def batch_noise_map(target: Path) -> Path:
     """Where a batch writes the noise map of `target` (--noise-maps)."""
     return target.with_name(target.name.replace("_denoised", "_noise_map"))
+
+
+def refuse_writes_into_inputs(read: Iterable[Path], written: Iterable[Tuple[str, Path]]) -> None:
+    """The tool never writes into what it reads. `read`: the inputs (volume files, DICOM series
+    folders, list files, manifests) and the folders searched for volumes; `written`: (what, path) of
+    everything a run may write (output folder, outputs, event log, report...). Refused, before any
+    work, in one line: a path that is an input or lies inside a folder being read (a rerun would
+    also take its own outputs for inputs)."""
+    read = [(Path(path), Path(os.path.realpath(path))) for path in read]
+    for what, path in written:
+        real = Path(os.path.realpath(path))
+        for given, source in read:
+            if real == source or (path.exists() and given.exists() and os.path.samefile(path, given)):
+                where = f"is the input {given}"
+            elif given.is_dir() and source in real.parents:
+                where = f"lies inside the input folder {given}"
+            else:
+                continue
+            raise InputError(f"The {what} {path} {where}: the tool never writes into its inputs; choose a "
+                             f"{what} elsewhere.")

@@ -17,6 +17,7 @@ from ..engine.run import denoise_array
 from ..engine.strength import cast_like_input
 from ..errors import InputError
 from .dicom_study import select_series
+from .identity import input_identity
 from .provenance_io import set_image_fields, sidecar_path, sidecar_text
 from .volumes import (OutputSet, PathLike, check_folder_writable, check_output_path, image_like, read_volume,
                       remove_stale_temps, same_file, write_error)
@@ -66,6 +67,7 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
     if progress is not None:
         progress(ProgressEvent("loading", message=str(input_path)))
     image = read_volume(input_path, config.ct_check, series)
+    identity = input_identity(input_path, image, series)  # what the resume rule compares (files/identity.py)
     bundle = load_bundle(bundle_path)
     array = sitk.GetArrayViewFromImage(image)  # read-only, no copy (`image` outlives it)
     result = denoise_array(array, bundle, config, progress, cancel, keep_full_strength=False)
@@ -74,7 +76,7 @@ def denoise_file(input_path: PathLike, output_path: PathLike, noise_map_path: Op
     if progress is not None:
         progress(ProgressEvent("writing", message=str(output_path)))
     denoised = cast_like_input(result.denoised, array.dtype if output_dtype is None else output_dtype)
-    info = {**result.info, "input": Path(input_path).name}
+    info = {**result.info, "input": Path(input_path).name, "input_identity": identity}
     if input_series is not None:
         info["input_series"] = input_series
     result = None  # its float volume, unless it is `denoised` itself (float32 output)
