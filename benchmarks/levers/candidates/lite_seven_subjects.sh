@@ -1,4 +1,11 @@
 #!/bin/bash
+# 1. The training sets (SOURCES: clones of the git sources, docs/DATA.md; run from the repository root):
+T="d25_hann d50_hann d18_hann d25_shepplogan d50_shepplogan d35_hamming"
+export SELFSUPCTDENOISE_SOURCES=SOURCES OMP_NUM_THREADS=1
+selfsupctdenoise simulate --out data/sim_train --subjects ts_abdomen rt_chest --max-slices 112 --no-clean-protocol --tags $T
+selfsupctdenoise simulate --out data/sim_train_git_a --subjects tcga_thca cmb_crc crlm_1006 --max-slices 16 --spread --no-clean-protocol --tags $T
+selfsupctdenoise simulate --out data/sim_train_git_b --subjects rider_chest crlm_1004 --max-slices 16 --spread --no-clean-protocol --tags $T
+# 2. The pre-training as it was run (out/prior/run.sh in the session):
 # The new lite prior (issue 25). Resumable: rerunning this script continues from the checkpoints.
 cd /work/main
 T="d25_hann d50_hann d18_hann d25_shepplogan d50_shepplogan d35_hamming"
