@@ -262,29 +262,33 @@ def pseudo_noise_band_ratios(volume: np.ndarray, real_noise: np.ndarray, bundle:
     return ratios
 
 
+def noise_peak(noise: np.ndarray, reference: np.ndarray) -> float:
+    """NPS peak frequency (cycles/pixel) of `noise` over the reference's body."""
+    from ..data.dataset import noise_nps_summary
+
+    return noise_nps_summary(noise, reference > -500, (1.0, 1.0))["peak_px"]
+
+
 def texture_left(output: np.ndarray, ldct: np.ndarray, reference: np.ndarray, uniform: np.ndarray,
-                 ndct_noise_sd: Optional[float]) -> Dict[str, Optional[float]]:
+                 ndct_noise_sd: Optional[float], input_peak: Optional[float] = None) -> Dict[str, Optional[float]]:
     """Over-smoothing, from what remains (output - reference) beside the input's noise (ldct - reference).
 
     `noise_vs_ndct`: the SD left in uniform soft tissue over the normal-dose scan's own noise SD (about 1:
     as grainy as a normal-dose scan of this patient; well below 1: smoother than any real scan).
     `nps_peak_ratio`: the NPS peak frequency of what remains over that of the input's noise (about 1:
     the grain keeps its size, as vendor deep-learning reconstructions keep it; below 1: a coarser,
-    blotchy or waxy texture).
+    blotchy or waxy texture). `input_peak`: that of the input's noise where already measured (one per case).
     """
-    from ..data.dataset import noise_nps_summary
-
-    body = reference > -500
     left = output - reference
     sd = float(left[uniform].std()) if uniform.any() else None
-    peak_in = noise_nps_summary(ldct - reference, body, (1.0, 1.0))["peak_px"]
-    peak_left = noise_nps_summary(left, body, (1.0, 1.0))["peak_px"]
+    peak_in = noise_peak(ldct - reference, reference) if input_peak is None else input_peak
+    peak_left = noise_peak(left, reference)
     return {"noise_vs_ndct": sd / ndct_noise_sd if sd is not None and ndct_noise_sd else None,
             "nps_peak_ratio": peak_left / peak_in if peak_in > 0 else None}
 
 
 def _strength_rows(row: Dict[str, Any], ldct: np.ndarray, full: np.ndarray, reference: np.ndarray,
-                   uniform: np.ndarray, ndct_noise_sd: Optional[float]) -> List[Dict[str, Any]]:
+                   uniform: np.ndarray, ndct_noise_sd: Optional[float], input_peak: float) -> List[Dict[str, Any]]:
     """The shipped default at each named strength: blends of the same run, no new adaptation."""
     from ..engine.strength import STRENGTH_LEVELS, strength_blend
     from ..quality.hu_shift import hu_shift
@@ -300,7 +304,7 @@ def _strength_rows(row: Dict[str, Any], ldct: np.ndarray, full: np.ndarray, refe
                     "hu_shift": hu_shift(reference, blended, uniform)["overall"] if uniform.any() else None,
                     "method_noise": method_noise_score(ldct, blended)["score"],
                     "noise_sd_uniform": float((blended - reference)[uniform].std()) if uniform.any() else None,
-                    **texture_left(blended, ldct, reference, uniform, ndct_noise_sd)})
+                    **texture_left(blended, ldct, reference, uniform, ndct_noise_sd, input_peak)})
     return out
 
 
@@ -357,6 +361,7 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                                                                           base, estimate)
                 uniform = uniform_tissue_mask(reference, max_slices=16)
                 ndct_noise_sd = entries[key].get("ndct_noise_sd_hu")
+                input_peak = noise_peak(ldct - reference, reference)
                 for method in chosen:
                     if (method.oracle and oracle_noise is None) or not _in_scope(method, protocol, tag, quick):
                         continue
@@ -397,10 +402,11 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                            "guard_fell_back": bool(guard.get("fell_back", False)),
                            **({"guard": guard} if guard else {}),
                            "noise_sd_uniform": float((output - reference)[uniform].std()) if uniform.any() else None,
-                           **texture_left(output, ldct, reference, uniform, ndct_noise_sd)}
+                           **texture_left(output, ldct, reference, uniform, ndct_noise_sd, input_peak)}
                     rows.append(row)
                     if method.steps_curve and strengths:
-                        rows += _strength_rows(row, ldct, result.full_strength, reference, uniform, ndct_noise_sd)
+                        rows += _strength_rows(row, ldct, result.full_strength, reference, uniform, ndct_noise_sd,
+                                               input_peak)
                     if curve:
                         curves.append({"protocol": protocol, "tag": tag, "subject": key, "method": method.name,
                                        "points": curve})

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from ..bench.benchmark import texture_left
+    from ..bench.benchmark import noise_peak, texture_left
     from ..bench.figures import side_by_side
     from ..data.dataset import sample_paths
     from ..engine.bundle import default_bundle_for_device, load_bundle
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     uniform = uniform_tissue_mask(reference)
     ndct = sitk.GetArrayFromImage(read_volume(paths["ndct"])).astype("float32")
     ndct_sd = float(np.std((ndct - reference)[uniform])) if uniform.any() else None
+    input_peak = noise_peak(ldct - reference, reference)
     print("\nAgainst the normal-dose CT denoised by methods not compared here (3D non-local means + total "
           "variation):\nevery kind of noise counts as noise, the normal-dose scan's own included.")
     print(f"{'':36} {'PSNR soft':>9} {'PSNR edges':>10} {'SSIM soft':>9} {'noise SD (HU)':>13} {'noise/NDCT':>10} "
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         m = compare(array, reference)
         noise_sd = float(np.std((array - reference)[uniform])) if uniform.any() else float("nan")
-        left = texture_left(array, ldct, reference, uniform, ndct_sd)
+        left = texture_left(array, ldct, reference, uniform, ndct_sd, input_peak)
         print(f"{label:36} {m['psnr_soft']:9.2f} {m['psnr_edges']:10.2f} {m['ssim_soft']:9.4f} {noise_sd:13.1f} "
               f"{left['noise_vs_ndct'] or float('nan'):10.2f} {left['nps_peak_ratio'] or float('nan'):8.2f}"
               + ("" if seconds is None else f" {seconds:7.0f}"))
