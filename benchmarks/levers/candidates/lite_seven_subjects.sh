@@ -5,7 +5,9 @@ export SELFSUPCTDENOISE_SOURCES=SOURCES OMP_NUM_THREADS=1
 selfsupctdenoise simulate --out data/sim_train --subjects ts_abdomen rt_chest --max-slices 112 --no-clean-protocol --tags $T
 selfsupctdenoise simulate --out data/sim_train_git_a --subjects tcga_thca cmb_crc crlm_1006 --max-slices 16 --spread --no-clean-protocol --tags $T
 selfsupctdenoise simulate --out data/sim_train_git_b --subjects rider_chest crlm_1004 --max-slices 16 --spread --no-clean-protocol --tags $T
-# 2. The pre-training as it was run (out/prior/run.sh in the session):
+# 2. The pre-training as it was run (out/prior/run.sh in the session). --init-from was the lite shipped before
+#    2026-12-07 (manifest sha256 2f1bb9bc098c: `git show d83c329:SelfSupCTDenoise/Resources/Models/lite/...`); the result
+#    ships as lite since then (manifest sha256 ad6c70bccd8c).
 # The new lite prior (issue 25). Resumable: rerunning this script continues from the checkpoints.
 cd /work/main
 T="d25_hann d50_hann d18_hann d25_shepplogan d50_shepplogan d35_hamming"
