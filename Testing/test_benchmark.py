@@ -163,3 +163,37 @@ def test_diffusion_runs_on_the_volume_and_slice_by_slice_only_when_asked():
     assert np.abs(by_slice - volume[2]).std() > 5.0  # and the 2D one still filtered
     rows = [m.name for m in methods() if m.filter is not None and "diffusion" in m.name]
     assert len(rows) == 2 and any("slice by slice" in name for name in rows)
+
+
+@pytest.mark.parametrize("command", ["benchmark", "benchmark-lesions"])
+def test_benchmarks_write_under_out_unless_told_to_write_the_committed_docs(command):
+    """A benchmark run by default must not overwrite the committed reports in docs/ (issue 29)."""
+    from SelfSupCTDenoiseLib.cli import build_parser
+
+    args = build_parser().parse_args([command])
+    written = [args.out] + ([args.report] if command == "benchmark-lesions" else [])
+    assert all(path.parts[0] == "out" for path in written), written
+    assert build_parser().parse_args([command, "--out", "docs/x"]).out.as_posix() == "docs/x"
+
+
+def test_the_one_command_reproduces_every_row_of_the_committed_report(dataset, tmp_path):
+    """scripts/reproduce_benchmark.sh (the README's table in one command) runs its parts and merges
+    them into a report with the rows the committed docs/benchmark_200_steps/ has, where they apply."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = f"{sys.executable} -m SelfSupCTDenoiseLib"
+    done = subprocess.run(["bash", str(root / "scripts" / "reproduce_benchmark.sh"), str(tmp_path / "bench")],
+                          env={**os.environ, "DATASET": str(dataset), "STEPS": "2", "SELFSUPCTDENOISE": command,
+                               "PYTHON": sys.executable}, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "its rows took" in done.stdout and "hours of one CPU core" in done.stdout
+    merged = json.loads((tmp_path / "bench" / "benchmark.json").read_text(encoding="utf-8"))
+    committed = json.loads((root / "docs" / "benchmark_200_steps" / "benchmark.json").read_text(encoding="utf-8"))
+    made = {(r["protocol"], r["method"]) for r in merged["rows"]}
+    assert made == {(r["protocol"], r["method"]) for r in committed["rows"]}  # the dataset has d25_hann only
+    assert {(r["tag"], r["subject"]) for r in merged["rows"]} == {("d25_hann", "phantom0"), ("d25_hann", "phantom1")}
+    assert (tmp_path / "bench" / "BENCHMARK.md").read_text(encoding="utf-8").startswith("# Benchmark")
