@@ -352,60 +352,72 @@ class Quote:
 
 
 R = "README.md"
+
+
+def quotes(doc: str, source: str, *templates: str) -> List[Quote]:
+    return [Quote(doc, source, template) for template in templates]
+
+
 QUOTES: List[Quote] = [
-    # the sample (what scripts/demo.sh printed) and the speed of whole runs
-    Quote(R, DEMO, "the adapted run took {seconds:.0f} s there"),
-    Quote(R, SPEED, "there a 512×512×{slices} CT took {whole_run:.0f} s"),
-    Quote(R, SPEED, "a 512×512 CT of {slices} slices takes about {whole_run:.0f} s"),
-    Quote(R, DEMO, "over the normal-dose scan's own ({ndct_sd:.1f} HU here)"),
-    Quote(R, DEMO, "`low` leaves {low_vs_ndct:.2f} of a normal-dose scan's noise"),
-    Quote(R, DEMO, "adaptation leaves {adapted_sd:.1f} HU of residual noise in uniform soft tissue (pretrained "
-                   "{pretrained_sd:.1f}, BM3D {bm3d_sd:.1f}, diffusion {diffusion_sd:.1f} HU) and scores "
-                   "{adapted_edges:.2f} dB on edges (BM3D {bm3d_edges:.2f}, diffusion {diffusion_edges:.2f}) and "
-                   "{adapted_soft:.2f} dB whole-image (BM3D {bm3d_soft:.2f}, diffusion {diffusion_soft:.2f})"),
+    # the speed of whole runs
+    *quotes(R, SPEED,
+            "there a 512×512×{slices} CT took {whole_run:.0f} s",
+            "a 512×512 CT of {slices} slices takes about {whole_run:.0f} s"),
+    # the sample (what scripts/demo.sh printed)
+    *quotes(R, DEMO,
+            "the adapted run took {seconds:.0f} s there",
+            "over the normal-dose scan's own ({ndct_sd:.1f} HU here)",
+            "`low` leaves {low_vs_ndct:.2f} of a normal-dose scan's noise",
+            "adaptation leaves {adapted_sd:.1f} HU of residual noise in uniform soft tissue (pretrained "
+            "{pretrained_sd:.1f}, BM3D {bm3d_sd:.1f}, diffusion {diffusion_sd:.1f} HU) and scores "
+            "{adapted_edges:.2f} dB on edges (BM3D {bm3d_edges:.2f}, diffusion {diffusion_edges:.2f}) and "
+            "{adapted_soft:.2f} dB whole-image (BM3D {bm3d_soft:.2f}, diffusion {diffusion_soft:.2f})"),
     # the 200-step benchmark
-    Quote(R, BENCH, "band {paper_nps_min:.2f}× to {paper_nps_max:.2f}× the real noise power"),
-    Quote(R, BENCH, "it is within {estimate_min:+.0f} % … {estimate_max:+.0f} % of the true noise"),
-    Quote(R, BENCH, "adaptation improved {improved} of {cases} cases over the pretrained model ({gain_min:+.1f} to "
-                    "{gain_max:+.1f} dB)"),
-    Quote(R, BENCH, "The guard kept the adapted result in {kept} of {cases} runs"),
-    Quote(R, BENCH, "it moved the adapted result by {local_min:+.2f} to {local_max:+.2f} dB"),
-    Quote(R, BENCH, "ahead of BM3D given the same noise estimate in {ahead_bm3d} of {cases} cases, by "
-                    "{bm3d_mean:+.2f} dB on the mean ({bm3d_min:+.2f} to {bm3d_max:+.2f} dB), and on the edge-only "
-                    "PSNR in {edges_ahead_bm3d} of {cases}"),
-    Quote(R, BENCH, "is only {ceiling_mean:+.2f} dB above BM3D on the mean (the supervised ceiling)"),
-    Quote(R, BENCH, "in 3D) in {ahead_diffusion} of {cases} cases ({diffusion_min:+.2f} to {diffusion_max:+.2f} dB)"),
-    Quote(R, BENCH, "behind adaptation in {ahead_2d} of {cases} cases ({over_2d_min:+.2f} dB or more"),
-    Quote(R, BENCH, "adaptation is above anisotropic diffusion in {ndct_ahead_diffusion} of {ndct_cases} cases"),
-    Quote(R, BENCH, "(chest at half dose {ndct_chest_d50:+.1f} dB, at quarter dose {ndct_chest_d25:+.1f} dB against "
-                    "the pretrained model)"),
-    Quote(R, BENCH, "scores below the pretrained model in {recipe_losses} of {recipe_cases} cases, by "
-                    "{recipe_loss_min:.2f} to {recipe_loss_max:.2f} dB: it leaves the input almost as it was (within "
-                    "{recipe_input_min:+.2f} to {recipe_input_max:+.2f} dB of the input's PSNR)"),
-    Quote(R, BENCH, "a 3D filter comes close (within {diffusion_min:.2f} dB of it"),
-    Quote(R, BENCH, "its rows took {cpu_hours:.1f} hours of one CPU core (about {hours_on_2_cores:.1f} h on 2 cores)"),
+    *quotes(R, BENCH,
+            "band {paper_nps_min:.2f}× to {paper_nps_max:.2f}× the real noise power",
+            "it is within {estimate_min:+.0f} % … {estimate_max:+.0f} % of the true noise",
+            "adaptation improved {improved} of {cases} cases over the pretrained model ({gain_min:+.1f} to "
+            "{gain_max:+.1f} dB)",
+            "The guard kept the adapted result in {kept} of {cases} runs",
+            "it moved the adapted result by {local_min:+.2f} to {local_max:+.2f} dB",
+            "ahead of BM3D given the same noise estimate in {ahead_bm3d} of {cases} cases, by "
+            "{bm3d_mean:+.2f} dB on the mean ({bm3d_min:+.2f} to {bm3d_max:+.2f} dB), and on the edge-only "
+            "PSNR in {edges_ahead_bm3d} of {cases}",
+            "is only {ceiling_mean:+.2f} dB above BM3D on the mean (the supervised ceiling)",
+            "in 3D) in {ahead_diffusion} of {cases} cases ({diffusion_min:+.2f} to {diffusion_max:+.2f} dB)",
+            "behind adaptation in {ahead_2d} of {cases} cases ({over_2d_min:+.2f} dB or more",
+            "adaptation is above anisotropic diffusion in {ndct_ahead_diffusion} of {ndct_cases} cases",
+            "(chest at half dose {ndct_chest_d50:+.1f} dB, at quarter dose {ndct_chest_d25:+.1f} dB against "
+            "the pretrained model)",
+            "scores below the pretrained model in {recipe_losses} of {recipe_cases} cases, by "
+            "{recipe_loss_min:.2f} to {recipe_loss_max:.2f} dB: it leaves the input almost as it was (within "
+            "{recipe_input_min:+.2f} to {recipe_input_max:+.2f} dB of the input's PSNR)",
+            "a 3D filter comes close (within {diffusion_min:.2f} dB of it",
+            "its rows took {cpu_hours:.1f} hours of one CPU core (about {hours_on_2_cores:.1f} h on 2 cores)"),
     # the paper-size bundle
-    Quote(R, SPEED, "`paper` costs {paper_slice:.2f} s per 512×512 slice and {paper_step:.2f} s per adaptation step "
-                    "({slice_ratio:.1f}× and {step_ratio:.1f}× `lite`, docs/SPEED.md): a 300-slice CT would take "
-                    "about {paper_300:.0f} minutes"),
-    Quote(R, PAPER60, "`paper` beat that `lite` at the same steps in {paper_ahead} of {paper_cases} cases "
-                      "({paper_min:+.1f} to {paper_max:+.1f} dB)"),
-    Quote(R, PAPER60, "was ahead in {bm3d_hann_ahead} of {hann_cases} Hann cases (up to {bm3d_hann_max:+.2f} dB) and "
-                      "behind at Ram-Lak ({bm3d_ramlak_min:+.2f} to {bm3d_ramlak_max:+.2f} dB"),
+    *quotes(R, SPEED,
+            "`paper` costs {paper_slice:.2f} s per 512×512 slice and {paper_step:.2f} s per adaptation step "
+            "({slice_ratio:.1f}× and {step_ratio:.1f}× `lite`, docs/SPEED.md): a 300-slice CT would take "
+            "about {paper_300:.0f} minutes"),
+    *quotes(R, PAPER60,
+            "`paper` beat that `lite` at the same steps in {paper_ahead} of {paper_cases} cases "
+            "({paper_min:+.1f} to {paper_max:+.1f} dB)",
+            "was ahead in {bm3d_hann_ahead} of {hann_cases} Hann cases (up to {bm3d_hann_max:+.2f} dB) and "
+            "behind at Ram-Lak ({bm3d_ramlak_min:+.2f} to {bm3d_ramlak_max:+.2f} dB"),
     # faint lesions
-    Quote(R, LESIONS, "made with an earlier `lite` bundle (manifest sha256 {bundle_sha})"),
-    Quote(R, LESIONS, "keeps about {small_min:.0f}–{small_max:.0f} % of its HU difference from the tissue around it, "
-                      "a 10 mm lesion {large_min:.0f}–{large_max:.0f} %"),
-    Quote(R, LESIONS, "is {ldct_d25:.2f}× the low-dose input's at quarter dose and {ldct_d12:.2f}× at eighth dose "
-                      "(95 % intervals {ldct_d25_low:.2f}–{ldct_d25_high:.2f} and {ldct_d12_low:.2f}–"
-                      "{ldct_d12_high:.2f}); per size (3, 5, 10 mm) {ldct_d25_3:.2f}×, {ldct_d25_5:.2f}× and "
-                      "{ldct_d25_10:.2f}× at quarter dose, {ldct_d12_3:.2f}×, {ldct_d12_5:.2f}× and "
-                      "{ldct_d12_10:.2f}× at eighth dose"),
-    Quote(R, LESIONS, "That is {bm3d_d25:.2f}× and {bm3d_d12:.2f}× BM3D's d′ on the same"),
-    Quote(R, LESIONS, "the default reaches {diffusion_d25:.2f}× and {diffusion_d12:.2f}× of it"),
-    Quote(R, LESIONS, "(d′ at most {faint_max:.1f} on every image, {faint_ldct:.1f} or less on the input)"),
-    Quote(R, LESIONS, "3 mm, 20 HU, quarter dose: {low_kept:.0f} % instead of {full_kept:.0f} %"),
-    Quote(R, LESIONS, "(d′ {low_d25:.2f}× and {low_d12:.2f}× of full strength)"),
+    *quotes(R, LESIONS,
+            "made with an earlier `lite` bundle (manifest sha256 {bundle_sha})",
+            "keeps about {small_min:.0f}–{small_max:.0f} % of its HU difference from the tissue around it, a "
+            "10 mm lesion {large_min:.0f}–{large_max:.0f} %",
+            "is {ldct_d25:.2f}× the low-dose input's at quarter dose and {ldct_d12:.2f}× at eighth dose (95 "
+            "% intervals {ldct_d25_low:.2f}–{ldct_d25_high:.2f} and {ldct_d12_low:.2f}–{ldct_d12_high:.2f}); "
+            "per size (3, 5, 10 mm) {ldct_d25_3:.2f}×, {ldct_d25_5:.2f}× and {ldct_d25_10:.2f}× at quarter "
+            "dose, {ldct_d12_3:.2f}×, {ldct_d12_5:.2f}× and {ldct_d12_10:.2f}× at eighth dose",
+            "That is {bm3d_d25:.2f}× and {bm3d_d12:.2f}× BM3D's d′ on the same",
+            "the default reaches {diffusion_d25:.2f}× and {diffusion_d12:.2f}× of it",
+            "(d′ at most {faint_max:.1f} on every image, {faint_ldct:.1f} or less on the input)",
+            "3 mm, 20 HU, quarter dose: {low_kept:.0f} % instead of {full_kept:.0f} %",
+            "(d′ {low_d25:.2f}× and {low_d12:.2f}× of full strength)"),
 ]
 
 # where numbers with a unit are quoted: outside generated blocks each must lie inside a quote (or be exempt)
