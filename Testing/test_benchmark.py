@@ -163,3 +163,56 @@ def test_diffusion_runs_on_the_volume_and_slice_by_slice_only_when_asked():
     assert np.abs(by_slice - volume[2]).std() > 5.0  # and the 2D one still filtered
     rows = [m.name for m in methods() if m.filter is not None and "diffusion" in m.name]
     assert len(rows) == 2 and any("slice by slice" in name for name in rows)
+
+
+@pytest.mark.parametrize("command", ["benchmark", "benchmark-lesions"])
+def test_benchmarks_write_under_out_unless_told_to_write_the_committed_docs(command):
+    """A benchmark run by default must not overwrite the committed reports in docs/ (issue 29)."""
+    from SelfSupCTDenoiseLib.cli import build_parser
+
+    args = build_parser().parse_args([command])
+    written = [args.out] + ([args.report] if command == "benchmark-lesions" else [])
+    assert all(path.parts[0] == "out" for path in written), written
+    assert build_parser().parse_args([command, "--out", "docs/x"]).out.as_posix() == "docs/x"
+
+
+
+def test_the_one_command_runs_the_rows_of_the_committed_report_and_merges_them(tmp_path):
+    """scripts/reproduce_benchmark.sh (the README's table in one command), run with a stand-in for the
+    CLI that records its calls: four parts and a merge of exactly those parts, whose --rows select, by
+    the benchmark's own scopes, the (protocol, row) pairs of the committed docs/benchmark_200_steps/."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from SelfSupCTDenoiseLib.bench.benchmark import _in_scope, methods
+    from SelfSupCTDenoiseLib.cli import build_parser
+    from SelfSupCTDenoiseLib.engine.strength import STRENGTH_LEVELS
+
+    root = Path(__file__).resolve().parents[1]
+    calls, cli = tmp_path / "calls.txt", tmp_path / "cli.sh"
+    cli.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {calls}; echo >> {calls}\n')
+    cli.chmod(0o755)
+    done = subprocess.run(["bash", str(root / "scripts" / "reproduce_benchmark.sh"), str(tmp_path / "bench")],
+                          env={**os.environ, "SELFSUPCTDENOISE": str(cli), "PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "its rows took" in done.stdout and "hours of one CPU core" in done.stdout  # the cost, first
+    *parts, merge = [build_parser().parse_args(shlex.split(line)) for line in calls.read_text().splitlines()]
+    assert sorted(map(str, merge.merge)) == sorted(str(p.json_only) for p in parts) and merge.out == tmp_path / "bench"
+    assert all(p.steps == 200 and str(p.dataset) == "data/sim" for p in parts)
+    made = set()
+    for part in parts:
+        for method in methods():
+            if method.bundle == "n2c" and any(text in method.name for text in part.rows) and any(
+                    _in_scope(method, protocol, tag, False) for protocol in part.protocols for tag in part.tags):
+                made |= {(protocol, method.name) for protocol in part.protocols}
+                if method.steps_curve:  # its strength levels are blends of the same run
+                    made |= {(protocol, f"{method.name}, strength {name} ({value})") for protocol in part.protocols
+                             for name, value in STRENGTH_LEVELS.items() if value != 1.0}
+    committed = json.loads((root / "docs" / "benchmark_200_steps" / "benchmark.json").read_text(encoding="utf-8"))
+    assert made == {(r["protocol"], r["method"]) for r in committed["rows"]}
+    assert {(p, t) for part in parts for p in part.protocols for t in part.tags} == {
+        (p, t) for p in committed["meta"]["protocols"] for t in committed["meta"]["tags"]}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command #2: set up (if needed) and run the whole test suite (~10 min on 2 CPU cores).
+# README command #2: set up (if needed) and run the whole test suite (a few minutes on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test

@@ -656,6 +656,7 @@ def write_lesion_report(results: Dict[str, Any], out_dir: Path, report: Optional
     written = [out_dir / "lesions.json", write_dprime_plot(results, out_dir / "dprime_vs_size.png")]
     written += write_crops(results, out_dir)
     if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
         link = Path(os.path.relpath(out_dir, report.parent)).as_posix()
         replace_marked_section(report, SECTION, report_section(results, link))
         written.append(report)

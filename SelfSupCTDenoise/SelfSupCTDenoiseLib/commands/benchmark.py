@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-HELP = "run the benchmark on a `simulate` dataset and write docs/BENCHMARK.md, JSON and plots"
+HELP = "run the benchmark on a `simulate` dataset and write BENCHMARK.md, JSON and plots (into out/benchmark)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocols", nargs="+", default=None, choices=("ndct", "clean"),
                         help="[ndct clean; quick: ndct]")
     parser.add_argument("--steps", type=int, help="adaptation steps [200; quick: 100]")
-    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--out", type=Path, default=Path("out/benchmark"),
+                        help="report folder [%(default)s; the committed report: --out docs/benchmark_200_steps]")
     parser.add_argument("--rows", nargs="+", help="only the rows whose name contains one of these texts")
     parser.add_argument("--json-only", type=Path, help="write only the raw results here (for --merge)")
     parser.add_argument("--merge", type=Path, nargs="+",

@@ -24,9 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", choices=("clean", "ndct"), default="clean",
                         help="slices the discs go into: the denoised normal-dose image or the NDCT [%(default)s]")
-    parser.add_argument("--out", type=Path, default=Path("docs/lesions"), help="JSON and figures [%(default)s]")
-    parser.add_argument("--report", type=Path, default=Path("docs/BENCHMARK.md"),
-                        help="markdown report whose lesion section is written [%(default)s]")
+    parser.add_argument("--out", type=Path, default=Path("out/lesions"),
+                        help="JSON and figures [%(default)s; the committed ones: --out docs/lesions]")
+    parser.add_argument("--report", type=Path, default=Path("out/lesions/BENCHMARK.md"),
+                        help="markdown report whose lesion section is written [%(default)s; the committed one: "
+                             "--report docs/BENCHMARK.md]")
     parser.add_argument("--json-only", type=Path, help="write only the raw results here (for --merge)")
     parser.add_argument("--merge", type=Path, nargs="+", help="write the report from raw results of parallel runs")
 

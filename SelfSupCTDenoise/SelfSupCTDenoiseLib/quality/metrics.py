@@ -1,4 +1,4 @@
-"""Image-quality metrics against a reference, in the field's two conventions (METHOD.md):
+"""Image-quality metrics against a reference, in the field's two conventions:
 
 - soft-tissue window: both images clipped to [-160, 240] HU, data range 400 (RED-CNN code, Noise2Sim);
 - full range: clipped to [-1024, 3072] HU, data range 4096 (the paper's scale).
