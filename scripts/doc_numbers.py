@@ -41,7 +41,6 @@ ADAPTED = "N2C + Ours (shipped default: fitted, guarded)"
 DIFFUSION, DIFFUSION_2D = "Curvature anisotropic diffusion (SimpleITK)", "Curvature diffusion, slice by slice (2D)"
 CEILING = "N2C + supervised ceiling (fine-tuned on the reference)"
 PAPER_RECIPE = "N2C + paper recipe (ensemble, rescale aug.)"
-ONE_LEVEL = "N2C + Ours, one noise level everywhere (noise_level input, guarded)"
 PAPER_ADAPTED = "Paper-size N2C + Ours (default settings, guarded)"
 
 TAG_NAMES = {"d25_hann": "quarter dose, Hann", "d12_hann": "eighth dose, Hann", "d50_hann": "half dose, Hann",
@@ -218,7 +217,6 @@ def bench_values(results) -> Dict[str, float]:
     ndct_over_diffusion = differences(results, "ndct", ADAPTED, DIFFUSION)
     recipe = differences(results, "ndct", PAPER_RECIPE, PRETRAINED)
     recipe_vs_input = differences(results, "ndct", PAPER_RECIPE, LDCT)
-    local = differences(results, "clean", ADAPTED, ONE_LEVEL)
     ndct_over_pretrained = differences(results, "ndct", ADAPTED, PRETRAINED)
     paper_nps = [sum(case["paper ensemble"][band] for case in results["nps_ratios"].values())
                  / len(results["nps_ratios"]) for band in range(len(results["band_edges"]) - 1)]
@@ -244,7 +242,6 @@ def bench_values(results) -> Dict[str, float]:
         "recipe_loss_min": -max(v for v in recipe.values() if v < 0),
         "recipe_loss_max": -min(recipe.values()),
         "recipe_input_min": min(recipe_vs_input.values()), "recipe_input_max": max(recipe_vs_input.values()),
-        "local_min": min(local.values()), "local_max": max(local.values()),
         "estimate_min": min(estimate_error), "estimate_max": max(estimate_error),
         "paper_nps_min": min(paper_nps), "paper_nps_max": max(paper_nps),
         "cpu_hours": sum(r["seconds"] for r in results["rows"]) / 3600,
@@ -379,7 +376,6 @@ QUOTES: List[Quote] = [
             "adaptation improved {improved} of {cases} cases over the pretrained model ({gain_min:+.1f} to "
             "{gain_max:+.1f} dB)",
             "The guard kept the adapted result in {kept} of {cases} runs",
-            "it moved the adapted result by {local_min:+.2f} to {local_max:+.2f} dB",
             "ahead of BM3D given the same noise estimate in {ahead_bm3d} of {cases} cases, by "
             "{bm3d_mean:+.2f} dB on the mean ({bm3d_min:+.2f} to {bm3d_max:+.2f} dB), and on the edge-only "
             "PSNR in {edges_ahead_bm3d} of {cases}",
