@@ -13,6 +13,8 @@ import re
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -149,6 +151,46 @@ def test_a_local_rays_folder_and_token_are_the_users_only_and_go_with_it(tmp_pat
     assert sorted(folder.path.iterdir()) == [] and os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "theirs")
     folder.remove()
     assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "theirs")
+
+
+@pytest.mark.parametrize("ending", ["killed", "stopped"])
+def test_what_names_a_local_rays_folder_ends_with_the_driver(tmp_path, ending):
+    # before: the agents of a local Ray (children of its raylet, the folder on their command line) lived on
+    # for minutes after a failed start or a killed cohort. Here a driver makes the folder and two children
+    # as Ray's: one naming the folder on its command line (an agent), one in its environment (a worker)
+    import psutil
+
+    from conftest import ROOT
+
+    driver = ("import subprocess, sys, time\n"
+              "from SelfSupCTDenoiseLib.cohort.scheduler import _PrivateRayFolder\n"
+              "folder = _PrivateRayFolder()\n"
+              "sleep = [sys.executable, '-c', 'import time; time.sleep(600)']\n"
+              "children = [subprocess.Popen(sleep + [str(folder.ray_dir)]), subprocess.Popen(sleep)]\n"
+              "print(folder.path, *(c.pid for c in children), flush=True)\n"
+              f"if {ending == 'stopped'}: folder.remove(); print('removed', flush=True)\n"
+              "time.sleep(600)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env.update(RAY_AUTH_MODE="token", PYTHONPATH=str(ROOT / "SelfSupCTDenoise"), TMPDIR=str(tmp_path))
+    process = subprocess.Popen([sys.executable, "-c", driver], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        folder, *pids = process.stdout.readline().split()
+        children = [psutil.Process(int(pid)) for pid in pids]
+        assert all(child.is_running() for child in children) and Path(folder).is_dir()
+        if ending == "killed":
+            process.kill()
+        else:
+            assert process.stdout.readline().strip() == "removed"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (Path(folder).exists() or any(
+                c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)):
+            time.sleep(0.2)
+        assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+        assert not Path(folder).exists()
+        assert (process.poll() is None) == (ending == "stopped")  # the driver itself is spared
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_a_task_moves_a_complete_set_into_place_or_nothing(tiny_bundle, tmp_path, monkeypatch):

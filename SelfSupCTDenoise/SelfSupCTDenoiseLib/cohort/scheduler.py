@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import InputError
 from .events import CohortProgress, EventLog
+from .reaper import start_reaper, stop_reaper
 
 #: Attempts after the first for a task whose worker died or that raised an unexpected error.
 DEFAULT_MAX_RETRIES = 2
@@ -177,14 +178,16 @@ class _PrivateRayFolder:
     """A folder that only this user can open (0o700) holding a local Ray's temporary folder `ray_dir`
     (sessions, logs, sockets; Ray makes it and its folders world-writable, the 0o700 above shuts them)
     and a token of this run's own (0o600; Ray would write ~/.ray/auth_token with the umask's mode,
-    readable by everyone) unless RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH names one. `remove` deletes it
-    and restores the environment."""
+    readable by everyone) unless RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH names one. A watcher (reaper.py)
+    ends what is left of that Ray and deletes the folder when `remove` is called or this process dies;
+    `remove` also restores the environment."""
 
     TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
     def __init__(self) -> None:
         self.path = Path(tempfile.mkdtemp(prefix=RAY_FOLDER_PREFIX))
         self.ray_dir = self.path / "ray"
+        self.reaper = start_reaper(self.path)
         self.token_path: Optional[str] = None
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and not any(
                 os.environ.get(name) for name in self.TOKEN_VARIABLES):
@@ -198,6 +201,7 @@ class _PrivateRayFolder:
     def remove(self) -> None:
         if self.token_path is not None and os.environ.get("RAY_AUTH_TOKEN_PATH") == self.token_path:
             del os.environ["RAY_AUTH_TOKEN_PATH"]
+        stop_reaper(self.reaper)
         shutil.rmtree(self.path, ignore_errors=True)
 
 
