@@ -282,7 +282,7 @@ def test_ray_sees_an_opaque_id_not_the_file_name_and_its_files_are_the_owners(ra
         while not finished.is_set():
             for process in psutil.Process().children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    titles.add(" ".join(process.cmdline()))
+                    titles.add(" ".join(process.cmdline()).strip())  # a title pads its line
             time.sleep(0.02)
 
     thread = threading.Thread(target=watch, daemon=True)
