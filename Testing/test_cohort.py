@@ -5,12 +5,16 @@ manifests) and the report's flags are tested without Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
+import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -124,6 +128,71 @@ def test_report_flags_and_order_follow_the_qc_numbers(tmp_path):
     assert [r["input"] for r in _order(rows)] == ["b", "c", "d", "a"]
 
 
+def test_a_local_rays_folder_and_token_are_the_users_only_and_go_with_it(tmp_path, monkeypatch):
+    # what the local Ray of test_ray_sees_an_opaque_id... is given, without Ray: a folder of mode 0o700, a
+    # token of the run's own (0o600), both gone at the end; a token the user names stays the one used
+    import tempfile
+
+    from SelfSupCTDenoiseLib.cohort.scheduler import _PrivateRayFolder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    folder = _PrivateRayFolder()
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert folder.path.parent == tmp_path and folder.ray_dir.parent == folder.path and token.parent == folder.path
+    assert stat.S_IMODE(folder.path.stat().st_mode) == 0o700 and stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert re.fullmatch("[0-9a-f]{64}", token.read_text())
+    folder.remove()
+    assert not folder.path.exists() and "RAY_AUTH_TOKEN_PATH" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "theirs"))
+    folder = _PrivateRayFolder()
+    assert sorted(folder.path.iterdir()) == [] and os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "theirs")
+    folder.remove()
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "theirs")
+
+
+@pytest.mark.parametrize("ending", ["killed", "stopped"])
+def test_what_names_a_local_rays_folder_ends_with_the_driver(tmp_path, ending):
+    # before: the agents of a local Ray (children of its raylet, the folder on their command line) lived on
+    # for minutes after a failed start or a killed cohort. Here a driver makes the folder and two children
+    # as Ray's: one naming the folder on its command line (an agent), one in its environment (a worker)
+    import psutil
+
+    from conftest import ROOT
+
+    driver = ("import subprocess, sys, time\n"
+              "from SelfSupCTDenoiseLib.cohort.scheduler import _PrivateRayFolder\n"
+              "folder = _PrivateRayFolder()\n"
+              "sleep = [sys.executable, '-c', 'import time; time.sleep(600)']\n"
+              "children = [subprocess.Popen(sleep + [str(folder.ray_dir)]), subprocess.Popen(sleep)]\n"
+              "print(folder.path, *(c.pid for c in children), flush=True)\n"
+              f"if {ending == 'stopped'}: folder.remove(); print('removed', flush=True)\n"
+              "time.sleep(600)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env.update(RAY_AUTH_MODE="token", PYTHONPATH=str(ROOT / "SelfSupCTDenoise"), TMPDIR=str(tmp_path))
+    process = subprocess.Popen([sys.executable, "-c", driver], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        folder, *pids = process.stdout.readline().split()
+        children = [psutil.Process(int(pid)) for pid in pids]
+        assert all(child.is_running() for child in children) and Path(folder).is_dir()
+        if ending == "killed":
+            process.kill()
+        else:
+            assert process.stdout.readline().strip() == "removed"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (Path(folder).exists() or any(
+                c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)):
+            time.sleep(0.2)
+        assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+        assert not Path(folder).exists()
+        assert (process.poll() is None) == (ending == "stopped")  # the driver itself is spared
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_a_task_moves_a_complete_set_into_place_or_nothing(tiny_bundle, tmp_path, monkeypatch):
     import SelfSupCTDenoiseLib.cohort.task as task
     import SelfSupCTDenoiseLib.files.denoise_file as denoise_file_module
@@ -195,6 +264,59 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(ray_session):
                if c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
     assert exposed == []
     assert os.environ["RAY_AUTH_MODE"] == "token"
+
+
+def test_ray_sees_an_opaque_id_not_the_file_name_and_its_files_are_the_owners(ray_session, tiny_bundle, tmp_path):
+    # before: task names (the process title `ps` shows) were "selfsupctdenoise <input name>", the job's
+    # entrypoint the driver's command line, Ray's folders 0o777 under /tmp/ray, ~/.ray/auth_token 0o644
+    import tempfile
+
+    import psutil
+
+    secret = "Pt4711zQ"  # an input name (often a patient ID) found nowhere else
+    (tmp_path / "in").mkdir()
+    save_volume(tmp_path / "in" / f"{secret}.nrrd", seed=95, slices=2, size=32)
+    titles, finished = set(), threading.Event()
+
+    def watch():  # the command lines of this session's Ray processes while the task runs
+        while not finished.is_set():
+            for process in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    titles.add(" ".join(process.cmdline()).strip())  # a title pads its line
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        code = main(["cohort", str(tmp_path / "in"), str(tmp_path / "out"), "--bundle", str(tiny_bundle.path), *FAST,
+                     "--steps", "40"])
+    finally:
+        finished.set()
+        thread.join(timeout=5)
+    assert code == 0
+    node = ray_session._private.worker._global_node
+    session = Path(node.get_session_dir_path())
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    entrypoints = [job["Entrypoint"] for job in ray_session._private.state.jobs()]
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    def names_the_input(path):
+        return secret in path.name or (path.is_file() and secret.encode() in path.read_bytes())
+
+    # Ray's own folders are world-writable: a folder of the user's only must enclose them
+    private = [folder for folder in session.parents if Path(tempfile.gettempdir()) in folder.parents
+               and mode(folder) == 0o700 and folder.stat().st_uid == os.getuid()]
+    problems = {
+        "our task not seen running": "ray::selfsupctdenoise-0" not in titles,
+        "process titles naming the input": sorted(t for t in titles if secret in t),
+        "Ray's files naming the input": sorted(str(p.relative_to(session)) for p in session.rglob("*")
+                                               if names_the_input(p)),
+        "job entrypoints naming the command line": [e for e in entrypoints if "pytest" in e or "Testing" in e],
+        "Ray's folder open to others": "" if private else str(session),
+        "token file": f"{token} {oct(mode(token))}" if mode(token) != 0o600 else ""}
+    assert not any(problems.values()), problems
 
 
 @pytest.fixture(scope="module")

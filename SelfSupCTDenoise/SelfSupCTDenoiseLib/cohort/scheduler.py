@@ -7,21 +7,31 @@ authentication on. Joining a cluster turns token authentication on in this proce
 installed Ray has it (Ray >= 2.52; the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
 ~/.ray/auth_token), unless RAY_AUTH_MODE is set. Tasks receive paths and return small summaries:
 no image data goes through Ray's object store, and the run's objects go when the driver disconnects.
+
+Privacy. What Ray shows (process titles in `ps`, the task and job lists of its dashboard and state
+API) carries no input name (often a patient ID): tasks are named by the volume's row
+("selfsupctdenoise-3"), the job by the command's name, not its command line. A local Ray keeps its
+sessions, logs and sockets, and a token of its own, in a folder that only the user can open (0o700,
+the token 0o600), removed when it stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import InputError
 from .events import CohortProgress, EventLog
+from .reaper import start_reaper, stop_reaper
 
 #: Attempts after the first for a task whose worker died or that raised an unexpected error.
 DEFAULT_MAX_RETRIES = 2
@@ -36,6 +46,10 @@ DEFAULT_CONNECT_TIMEOUT_S = 60.0
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: First Ray release with token authentication.
 TOKEN_AUTH_SINCE = (2, 52)
+#: Start of the name of a local Ray's private folder (in the system's temporary folder).
+RAY_FOLDER_PREFIX = "selfsupctdenoise-ray-"
+#: What Ray's job list shows as the driver's command line.
+JOB_ENTRYPOINT = "selfsupctdenoise cohort"
 
 
 def _ray_version() -> Optional[Tuple[int, ...]]:
@@ -118,6 +132,7 @@ def ray_cluster(address: Optional[str] = None, num_cpus: Optional[int] = None,
         if has_token_auth():
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         _put_package_on_path()
+        folder = _PrivateRayFolder()
     else:
         wait_for_cluster(address, connect_timeout_s)
         if has_token_auth() and "RAY_AUTH_MODE" not in os.environ:
@@ -129,14 +144,17 @@ def ray_cluster(address: Optional[str] = None, num_cpus: Optional[int] = None,
 
     handlers = _signal_handlers()
     try:
-        if address is None:
-            context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                               logging_level=logging.WARNING)
-        else:
-            context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        with _job_entrypoint(ray, JOB_ENTRYPOINT):
+            if address is None:
+                context = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                                   logging_level=logging.WARNING, _temp_dir=str(folder.ray_dir))
+            else:
+                context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:  # noqa: BLE001 - any failure to start or join (Ray raises bare Exception too)
         with contextlib.suppress(Exception):
             ray.shutdown()  # what a failed start had started (its agents would outlive the run)
+        if address is None:
+            folder.remove()
         where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
         raise InputError(f"Could not {where}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
                          + ("" if address is None else " (is the token set? see docs/COHORT.md)")) from None
@@ -152,6 +170,56 @@ def ray_cluster(address: Optional[str] = None, num_cpus: Optional[int] = None,
         yield ray
     finally:
         ray.shutdown()
+        if address is None:
+            folder.remove()
+
+
+class _PrivateRayFolder:
+    """A folder that only this user can open (0o700) holding a local Ray's temporary folder `ray_dir`
+    (sessions, logs, sockets; Ray makes it and its folders world-writable, the 0o700 above shuts them)
+    and a token of this run's own (0o600; Ray would write ~/.ray/auth_token with the umask's mode,
+    readable by everyone) unless RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH names one. A watcher (reaper.py)
+    ends what is left of that Ray and deletes the folder when `remove` is called or this process dies;
+    `remove` also restores the environment."""
+
+    TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=RAY_FOLDER_PREFIX))
+        self.ray_dir = self.path / "ray"
+        self.reaper = start_reaper(self.path)
+        self.token_path: Optional[str] = None
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and not any(
+                os.environ.get(name) for name in self.TOKEN_VARIABLES):
+            import secrets
+
+            token = self.path / "auth_token"
+            with os.fdopen(os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                handle.write(secrets.token_hex(32))  # what Ray's own generator writes: 256 random bits
+            self.token_path = os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)  # Ray's processes inherit it
+
+    def remove(self) -> None:
+        if self.token_path is not None and os.environ.get("RAY_AUTH_TOKEN_PATH") == self.token_path:
+            del os.environ["RAY_AUTH_TOKEN_PATH"]
+        stop_reaper(self.reaper)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _job_entrypoint(ray, text: str) -> Iterator[None]:
+    """Ray records the driver's whole command line (its input paths) as the job's entrypoint, which
+    the cluster's job list shows to everyone with access: `text` instead (where the installed Ray
+    computes it in the function replaced here; elsewhere it is left to Ray)."""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    original = getattr(utils, "get_entrypoint_name", None)
+    if original is None:
+        yield
+        return
+    utils.get_entrypoint_name = lambda: text
+    try:
+        yield
+    finally:
+        utils.get_entrypoint_name = original
 
 
 #: Signals whose meaning is the tool's (cli.py): cancel the rest, keep what is finished, write the report.
@@ -237,6 +305,11 @@ def _error_text(ray, exc: BaseException, attempts: int) -> Tuple[str, str]:
     return "failed", f"the worker died ({type(exc).__name__}) in each of {attempts} attempt(s)"
 
 
+def task_name(index: int) -> str:
+    """What Ray shows of a volume's task (process title, dashboard): its row, never its file name."""
+    return f"selfsupctdenoise-{index}"
+
+
 def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: float, gpus: float,
               max_retries: int, log: EventLog, progress: CohortProgress,
               on_event: Optional[Callable[[Dict[str, Any]], None]] = None
@@ -253,7 +326,7 @@ def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: 
         # a QC-only task (the output was complete) reads files and needs no GPU
         request = {"num_cpus": cpus, "num_gpus": gpus if spec["denoise"] else 0}
         ref = remote.options(**request, max_retries=max_retries, retry_exceptions=True,
-                             name=f"selfsupctdenoise {names[spec['index']]}").remote(spec, board)
+                             name=task_name(spec["index"])).remote(spec, board)
         pending[ref] = spec["index"]
         emit = log.write("queued", index=spec["index"], volume=names[spec["index"]],
                          task="denoise" if spec["denoise"] else "qc")
