@@ -62,7 +62,7 @@ def name_max(folder: Path) -> int:
     return DEFAULT_NAME_MAX
 
 
-def too_long(paths: Iterable[Optional[Path]], what: str = "output") -> Optional[str]:
+def too_long(paths: Iterable[Optional[Path]], what: str = "file") -> Optional[str]:
     """Why some of `paths` (files the run will write; None: none) cannot be created: the first whose
     name is longer than its folder allows, as one line; None when every name fits."""
     for path in paths:
