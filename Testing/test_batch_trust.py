@@ -285,3 +285,18 @@ def test_a_manifest_with_a_repeated_column_or_a_ragged_row_is_refused_with_its_l
     (tmp_path / "m.csv").write_text(text)
     with pytest.raises(InputError, match=message):
         read_cohort([tmp_path / "m.csv"], tmp_path / "out", AdaptConfig())
+
+
+def test_a_fifo_among_a_batchs_inputs_fails_alone_at_once_instead_of_hanging(tiny_bundle, tmp_path):
+    # before: the batch waited for ever on the FIFO (it has no writer); the volumes after it never ran
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.mkfifo(folder / "a_fifo.nrrd")
+    volume(folder / "b.nrrd", seed=8, dtype=np.int16)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "SelfSupCTDenoise"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "SelfSupCTDenoiseLib", *_batch(tiny_bundle, folder, out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "a_fifo.nrrd: failed: Cannot read" in done.stderr and "not a regular file (a FIFO" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["b_denoised.nrrd", "b_denoised.nrrd.json"]

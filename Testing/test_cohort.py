@@ -191,6 +191,29 @@ def test_what_names_a_local_rays_folder_ends_with_the_driver(tmp_path, ending):
     finally:
         process.kill()
         process.wait()
+def test_the_report_covers_every_output_of_the_folder_with_its_own_settings(tiny_bundle, tmp_path):
+    # before: the page listed this run's volumes only, under the command line's settings
+    from SelfSupCTDenoiseLib.cohort.report import folder_rows, write_report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for seed, (name, settings) in enumerate([("a.nrrd", ["--strength", "0.5"]),
+                                             ("b.nrrd", ["--strength", "0.75", "--seed", "3"])]):
+        save_volume(tmp_path / name, seed=50 + seed, slices=2, size=32)
+        assert main(["denoise", str(tmp_path / name), str(out), "--bundle", str(tiny_bundle.path), *FAST,
+                     "--steps", "0", *settings]) == 0
+    (out / "notes.json").write_text('{"not": "a sidecar"}')  # another tool's JSON: not an output
+    this_run = [{"input": "b.nrrd", "output": "b_denoised.nrrd", "status": "done", "error": None, "qc": None},
+                {"input": "c.nrrd", "output": "c_denoised.nrrd", "status": "failed", "error": "Cannot read", "qc": None}]
+    page = write_report(out, folder_rows(out, this_run)).read_text(encoding="utf-8")
+    rows = dict(re.findall(r'<tr[^>]*data-volume="([^"]+)"[^>]*>(.*?)</tr>', page, re.S))
+    assert sorted(rows) == ["a.nrrd", "b.nrrd", "c.nrrd"]
+    assert "earlier" in rows["a.nrrd"] and "made in this run" not in rows["a.nrrd"]
+    assert "steps 0, strength 0.5, " in rows["a.nrrd"] and "seed" not in rows["a.nrrd"]
+    assert "steps 0, strength 0.75, " in rows["b.nrrd"] and "seed 3" in rows["b.nrrd"]
+    assert all("period 5" in rows[name] and "bundle " in rows[name] for name in ("a.nrrd", "b.nrrd"))
+    assert "made in this run" in rows["b.nrrd"] and "failed: Cannot read" in rows["c.nrrd"]
+    assert "1 made in this run" in page
 
 
 def test_a_task_moves_a_complete_set_into_place_or_nothing(tiny_bundle, tmp_path, monkeypatch):
@@ -525,3 +548,63 @@ def test_ctrl_c_cancels_the_rest_and_keeps_finished_outputs(ray_session, tiny_bu
     for name in cancelled:
         assert not (out / name.replace(".nrrd", "_denoised.nrrd")).exists()
     assert leftovers(out) == [] and (out / "report.html").is_file()
+
+
+def test_bad_names_fail_alone_a_hung_task_is_stopped_and_the_report_covers_the_folder(ray_session, tiny_bundle,
+                                                                                        tmp_path, capsys):
+    # before: a name too long for its outputs failed after its work (naming the task's private folder),
+    # a QC image that could not be made read "no QC: the output is not complete", names reached the
+    # terminal raw, the report listed this run's volumes only with the command line's settings, and a
+    # read that never returns held its task (and the cohort) for ever
+    import csv
+    import html
+
+    from SelfSupCTDenoiseLib.cohort.qc import qc_paths
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    long_output, long_qc, red = "a" * 245 + ".nrrd", "q" * 235 + ".nrrd", "red\x1b[31m.nrrd"
+    for seed, name in enumerate(["ok.nrrd", red, long_output, long_qc]):
+        save_volume(folder / name, seed=70 + seed, slices=2, size=32)
+    # a read that never returns, as on a hung mount: a header whose data file is a FIFO with no writer
+    os.mkfifo(folder / "hung.raw")
+    (folder / "hung.nhdr").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 32 32 2\nencoding: raw\n"
+                                      "endian: little\ndata file: hung.raw\n\n")
+    with open(tmp_path / "c.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["path", "steps"], ["in/ok.nrrd", "3"], [f"in/{red}", ""],
+                                      [f"in/{long_output}", ""], [f"in/{long_qc}", ""], ["in/hung.nhdr", ""]])
+    out = tmp_path / "out"
+    out.mkdir()
+    save_volume(tmp_path / "earlier.nrrd", seed=79, slices=2, size=32)  # the serial batch's, other settings
+    assert main(["denoise", str(tmp_path / "earlier.nrrd"), str(out), "--bundle", str(tiny_bundle.path), *FAST,
+                 "--steps", "0", "--strength", "0.5"]) == 0
+    capsys.readouterr()
+    code = main(["cohort", str(tmp_path / "c.csv"), str(out), "--bundle", str(tiny_bundle.path), *FAST[:-1],
+                 "--task-timeout", "60"])  # well above a small volume's time, even on a loaded machine
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    log = {e["volume"]: e for e in events(out / "cohort_events.jsonl") if e["event"] in ("done", "failed")}
+    assert {name: e["event"] for name, e in log.items()} == {
+        "ok.nrrd": "done", red: "done", long_qc: "done", long_output: "failed", "hung.nhdr": "failed"}
+    assert "would be 259 bytes long" in log[long_output]["error"] and log[long_output]["attempts"] == 0
+    assert "still running after 60 s (--task-timeout)" in log["hung.nhdr"]["error"]
+    assert log["hung.nhdr"]["elapsed_s"] >= 60
+    assert "_thumb.png would be 259 bytes long" in log[long_qc]["qc_error"]
+    assert leftovers(out) == [] and not any(p.name.startswith(("a" * 20, "hung")) for p in out.iterdir())
+    assert read_sidecar(out / long_qc.replace(".nrrd", "_denoised.nrrd"))["input"] == long_qc
+    assert not qc_paths(out / long_qc.replace(".nrrd", "_denoised.nrrd"))["json"].exists()
+    # the terminal: names escaped in the progress lines and in the table
+    printed = captured.out + captured.err
+    assert "red\x1b" not in printed and "red\\x1b[31m.nrrd: done in" in captured.err
+    assert re.search(r"^red\\x1b\[31m\.nrrd +done", captured.out, re.M)
+    assert re.search(r"^q+\.nrrd +done +QC image failed: ", captured.out, re.M)
+    # the report: every output of the folder, each with the settings of its sidecar
+    page = (out / "report.html").read_text(encoding="utf-8")
+    rows = {html.unescape(name): body for name, body in re.findall(r'<tr[^>]*data-volume="([^"]+)"[^>]*>(.*?)</tr>',
+                                                                     page, re.S)}
+    assert sorted(rows) == sorted(["earlier.nrrd", "ok.nrrd", red, long_output, long_qc, "hung.nhdr"])
+    assert "steps 0, strength 0.5" in rows["earlier.nrrd"] and "made in this run" not in rows["earlier.nrrd"]
+    assert "steps 3, strength 1.0" in rows["ok.nrrd"] and "made in this run" in rows["ok.nrrd"]
+    assert "steps 5, strength 1.0" in html.unescape(rows[red]) and "made in this run" in rows[red]
+    assert '<span class="flag">QC image failed: ' in rows[long_qc] and "not complete" not in page
+    assert "3 made in this run" in page

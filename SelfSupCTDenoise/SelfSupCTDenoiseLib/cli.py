@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from . import __version__
 from .errors import Cancelled, SelfSupCTDenoiseError, Terminated
+from .files.names import shown
 
 #: Subcommands, in the order `--help` lists them; each is `commands/<name>.py`.
 COMMANDS = ("denoise", "cohort", "evaluate", "measure", "demo", "pretrain", "simulate", "benchmark",
@@ -57,18 +58,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.run(args) or 0)
     except Cancelled as exc:
-        print(f"selfsupctdenoise: {exc}", file=sys.stderr)
+        print(f"selfsupctdenoise: {shown(exc)}", file=sys.stderr)
         return 130
     except SelfSupCTDenoiseError as exc:
-        print(f"selfsupctdenoise: error: {exc}", file=sys.stderr)
+        print(f"selfsupctdenoise: error: {shown(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # the file system said no (disk full, read-only, permissions): not a bug
-        print(f"selfsupctdenoise: error: {exc}", file=sys.stderr)
+        print(f"selfsupctdenoise: error: {shown(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM; a command may say what was written
         terminated = Terminated.came(exc)
         print(f"selfsupctdenoise: {'terminated' if terminated else 'interrupted'}"
-              f"{'; ' + str(exc) if str(exc) else ''}.", file=sys.stderr)
+              f"{'; ' + shown(exc) if str(exc) else ''}.", file=sys.stderr)
         return 143 if terminated else 130
     finally:
         if in_main_thread:  # main() is also called in-process (tests, scripts)

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..files.names import shown
+
 
 class EventLog:
     """Appends events to a JSON-lines file (several runs into one OUTDIR share it, told apart by run id)."""
@@ -62,8 +64,9 @@ class CohortProgress:
         self.bar.update(finished - self.bar.n)
 
     def line(self, text: str) -> None:
+        """A line above the bar (a volume done or failed: its name escaped, files.names.shown)."""
         if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
+            self.bar.write(shown(text), file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -21,6 +21,8 @@ import numpy as np
 
 from ..bench.figures import SOFT_TISSUE
 from ..engine.bundle import sha256_file
+from ..errors import InputError
+from ..files.names import too_long
 from ..files.provenance_io import read_sidecar, sidecar_path
 
 QC_FOLDER = "qc"
@@ -65,8 +67,9 @@ def _strip(panels: List[np.ndarray], height: Optional[int], aspect: float) -> np
 
 def write_atomic(path: Path, write) -> None:
     """`write(temporary path)` then rename into place: a reader never sees half a file (created like
-    any file, with the usual permissions)."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{path.suffix}")
+    any file, with the usual permissions). The temporary name is short whatever the final one: it
+    fits wherever the final name does."""
+    temp = path.with_name(f".qc-{uuid.uuid4().hex[:12]}{path.suffix}")
     try:
         write(temp)
         os.replace(temp, path)
@@ -145,7 +148,13 @@ def measure(source: Path, target: Path, record: Dict[str, Any]) -> Tuple[Dict[st
 def write_qc(source: Path, target: Path) -> Dict[str, Any]:
     """Measure a complete output and write its QC files (the JSON last); returns the QC record."""
     paths = qc_paths(target)
-    paths["json"].parent.mkdir(exist_ok=True)
+    problem = too_long(paths.values(), "QC file")
+    if problem is not None:
+        raise InputError(problem)
+    try:
+        paths["json"].parent.mkdir(exist_ok=True)
+    except OSError as exc:  # e.g. a file named qc where the folder goes
+        raise InputError(f"cannot make the QC folder {paths['json'].parent} ({exc.strerror})") from None
     qc, full, thumb = measure(Path(source), Path(target), read_sidecar(target))
     _write_png(paths["full"], full)
     _write_png(paths["thumb"], thumb)
@@ -167,12 +176,14 @@ def read_qc(target: Path) -> Optional[Dict[str, Any]]:
     return qc
 
 
-def flags(qc: Optional[Dict[str, Any]], error: Optional[str] = None) -> List[Tuple[str, str]]:
-    """What a reviewer should look at, as (level, text): level "flag" (look at this volume) or "note"."""
+def flags(qc: Optional[Dict[str, Any]], error: Optional[str] = None,
+          qc_error: Optional[str] = None) -> List[Tuple[str, str]]:
+    """What a reviewer should look at, as (level, text): level "flag" (look at this volume) or "note".
+    `error`: why the volume failed; `qc_error`: why the QC of its complete output could not be made."""
     if error is not None:
         return [("flag", f"failed: {error}")]
     if qc is None:
-        return [("flag", "no QC: the output is not complete")]
+        return [("flag", f"QC image failed: {qc_error}" if qc_error else "no QC: the output is not complete")]
     found = []
     level = qc.get("method_noise_level")
     if level == "structure":

@@ -1,10 +1,13 @@
 """The QC page of a cohort: OUTDIR/report.html, one static, self-contained file (no server, no network,
 no external resources: styles, script and thumbnails are inside it).
 
-A row per volume: a thumbnail strip of the middle slice (LDCT | denoised | noise map, soft-tissue
-window; a click opens the full-size strip, OUTDIR/qc/<output>.png), the input's estimated noise and
-texture, noise SD in uniform soft tissue before and after, mean-HU shift, method-noise score and
-reading, whether the guard fell back, time and device. Flagged rows come first; a click on a column
+A row per output of the folder (this run's volumes, failed ones included, and every output that
+earlier runs or the serial batch left there with a sidecar, marked "earlier"), each with the settings
+its sidecar records and whether it was made in this run: a thumbnail strip of the middle slice (LDCT |
+denoised | noise map, soft-tissue window; a click opens the full-size strip, OUTDIR/qc/<output>.png,
+by a URL-encoded link), the input's estimated noise and texture, noise SD in uniform soft tissue
+before and after, mean-HU shift, method-noise score and reading, whether the guard fell back, time
+and device. Flagged rows come first; a click on a column
 heading sorts by it (again: the other way); `report.html#sort=-method_noise` opens it so sorted.
 The numbers are those of cohort/qc.py (the engine's trust measures).
 """
@@ -18,11 +21,15 @@ import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..engine.config import AdaptConfig
+from ..errors import InputError
+from ..files.names import url_path
+from ..files.provenance_io import SIDECAR_SUFFIX, read_sidecar
 from ..quality.method_noise import METHOD_NOISE_BORDERLINE, METHOD_NOISE_THRESHOLD
 from .qc import flags as qc_flags
-from .qc import qc_paths, write_atomic
+from .qc import qc_paths, read_qc, write_atomic
 
 REPORT_NAME = "report.html"
 
@@ -39,7 +46,10 @@ COLUMNS = (
     ("guard", "Guard", "num"),
     ("time", "Time", "num"),
     ("device", "Device", "text"),
+    ("settings", "Settings (sidecar)", "text"),
 )
+#: Status of an output in OUTDIR that this run did not touch (not among its inputs).
+EARLIER = "earlier"
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222}
@@ -112,26 +122,75 @@ def _thumbnail(row: Dict[str, Any], out_dir: Path) -> str:
         data = base64.b64encode(paths["thumb"].read_bytes()).decode("ascii")
     except OSError:
         return '<span class="sub">image missing</span>'
-    link = html.escape(os.path.relpath(paths["full"], out_dir).replace(os.sep, "/"))
+    link = html.escape(url_path(os.path.relpath(paths["full"], out_dir).replace(os.sep, "/")))
     alt = html.escape(f"LDCT | denoised | noise map, middle slice of {row['input']}")
     return (f'<a href="{link}" target="_blank" title="full size"><img src="data:image/png;base64,{data}" '
             f'alt="{alt}"></a>')
 
 
+def _flags(row: Dict[str, Any]) -> List[Tuple[str, str]]:
+    if row.get("status") == EARLIER and row.get("qc") is None:
+        return [("note", "no QC: none was made for this output (a cohort run on its input makes it)")]
+    return qc_flags(row.get("qc"), row.get("error"), row.get("qc_error"))
+
+
+def settings_text(record: Dict[str, Any]) -> str:
+    """The settings an output was made with, from its sidecar: steps and strength, then every other
+    parameter that is not the default (as a manifest row or the command line set them), and the bundle."""
+    parameters, default = record.get("parameters") or {}, AdaptConfig().to_dict()
+    parts = [f"steps {parameters.get('steps')}", f"strength {parameters.get('strength')}"]
+    parts += [f"{key.replace('_', '-')} {value}" for key, value in sorted(parameters.items())
+              if key not in ("steps", "strength", "threads") and value != default.get(key, value)]
+    bundle = (record.get("bundle") or {}).get("name")
+    return ", ".join(parts + ([f"bundle {bundle}"] if bundle else []))
+
+
+def outputs_in(out_dir: Path) -> Dict[str, Dict[str, Any]]:
+    """Every output in `out_dir` with a readable sidecar (it is complete): output name -> sidecar record."""
+    found = {}
+    for sidecar in sorted(Path(out_dir).glob(f"*{SIDECAR_SUFFIX}")):
+        target = sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)])
+        if sidecar.name.startswith(".") or not target.exists():
+            continue
+        try:
+            record = read_sidecar(sidecar)
+        except InputError:
+            continue  # damaged, or another tool's JSON: not an output of ours
+        if isinstance(record.get("parameters"), dict):
+            found[target.name] = record
+    return found
+
+
+def folder_rows(out_dir: Path, rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The report covers the folder: this run's `rows`, each complete one with the settings of its
+    sidecar, and a row (status "earlier") for every other output in `out_dir` with a sidecar, with
+    its own settings and QC (if any was made)."""
+    records = outputs_in(out_dir)
+    covered = [{**row, "settings": settings_text(records[row["output"]])
+                if row.get("status") in ("done", "skipped") and row.get("output") in records else None}
+               for row in rows]
+    listed = {row.get("output") for row in rows}
+    covered += [{"input": record.get("input") or name, "output": name, "status": EARLIER, "error": None,
+                 "qc": read_qc(Path(out_dir) / name), "settings": settings_text(record)}
+                for name, record in records.items() if name not in listed]
+    return covered
+
+
 def _row(row: Dict[str, Any], out_dir: Path) -> str:
-    qc, found = row.get("qc"), qc_flags(row.get("qc"), row.get("error"))
+    qc, found = row.get("qc"), _flags(row)
     n_flags = sum(level == "flag" for level, _ in found)
     n_notes = len(found) - n_flags
     status = html.escape(row.get("status", ""))
     flag_html = "".join(f'<span class="{level}">{html.escape(text)}</span>' for level, text in found) \
         or '<span class="ok">none</span>'
-    cells = [_cell(f"{html.escape(row['input'])}<span class=sub>{status}"
+    made = " &middot; made in this run" if row.get("status") == "done" else ""
+    cells = [_cell(f"{html.escape(row['input'])}<span class=sub>{status}{made}"
                    f"{' &middot; ' + html.escape(row['output']) if row.get('output') else ''}</span>",
                    row["input"]),
              _cell(flag_html, n_flags * 1000 + n_notes),
              _cell(_thumbnail(row, out_dir))]
     if qc is None:
-        cells += [_cell("", None, True) for _ in COLUMNS[3:-2]]
+        cells += [_cell("", None, True) for _ in COLUMNS[3:-3]]
         cells += [_cell("", None, True), _cell(html.escape(row.get("host") or ""), row.get("host") or "")]
     else:
         method = qc.get("method_noise_score")
@@ -148,6 +207,7 @@ def _row(row: Dict[str, Any], out_dir: Path) -> str:
             _cell(_number(qc.get("elapsed_s"), " s"), qc.get("elapsed_s"), True),
             _cell(html.escape(qc.get("device") or ""), qc.get("device") or ""),
         ]
+    cells.append(_cell(html.escape(row.get("settings") or ""), row.get("settings") or ""))
     css = "flagged" if n_flags else ("noted" if n_notes else "")
     return (f'<tr{" class=" + css if css else ""} data-volume="{html.escape(row["input"])}" '
             f'data-flags="{n_flags}">' + "".join(cells) + "</tr>")
@@ -156,7 +216,7 @@ def _row(row: Dict[str, Any], out_dir: Path) -> str:
 def _order(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Flagged rows first (most flags first), then rows with notes, then by name."""
     def key(row):
-        found = qc_flags(row.get("qc"), row.get("error"))
+        found = _flags(row)
         return (-sum(level == "flag" for level, _ in found), -len(found), row["input"])
 
     return sorted(rows, key=key)
@@ -164,17 +224,20 @@ def _order(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def write_report(out_dir: Path, rows: Sequence[Dict[str, Any]], title: str = "Cohort QC",
                  details: Optional[Dict[str, Any]] = None) -> Path:
-    """Write OUTDIR/report.html. `rows`: per volume {"input", "output", "status", "error" (None if
-    none), "qc" (cohort.qc record or None), "host"}; `details`: shown under the title (settings)."""
+    """Write OUTDIR/report.html. `rows`: per volume {"input", "output", "status" (done: made in this
+    run), "error" (None if none), "qc" (cohort.qc record or None), "qc_error" (why its QC could not be
+    made), "host", "settings"} (folder_rows: every output of the folder); `details`: shown under the
+    title."""
     out_dir = Path(out_dir)
     ordered = _order(rows)
-    flagged = sum(any(level == "flag" for level, _ in qc_flags(r.get("qc"), r.get("error"))) for r in ordered)
+    flagged = sum(any(level == "flag" for level, _ in _flags(r)) for r in ordered)
     counts: Dict[str, int] = {}
     for row in ordered:
         counts[row.get("status", "")] = counts.get(row.get("status", ""), 0) + 1
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     summary = (f"{len(ordered)} volumes: " + ", ".join(f"{n} {html.escape(s)}" for s, n in sorted(counts.items()))
-               + f"; <b id=flagged-count>{flagged}</b> flagged. Written {when} in {html.escape(str(out_dir))}.")
+               + f"; <b id=flagged-count>{flagged}</b> flagged; {counts.get('done', 0)} made in this run. "
+               f"Written {when} in {html.escape(str(out_dir))}.")
     extra = "".join(f"<span class=sub>{html.escape(str(k))}: {html.escape(str(v))}</span>"
                     for k, v in (details or {}).items())
     legend = (

@@ -27,7 +27,7 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from ..errors import InputError
 from .events import CohortProgress, EventLog
@@ -39,6 +39,10 @@ DEFAULT_MAX_RETRIES = 2
 #: before they are killed.
 CANCEL_GRACE_S = 10.0
 POLL_S = 0.2
+#: Seconds one attempt of a volume's task may run before it is stopped and the volume fails
+#: (--task-timeout): hours, far above a real volume's time (minutes on CPU, seconds on a GPU), so that
+#: only a task that hangs (a read that never returns: a FIFO, a lost mount) reaches it.
+DEFAULT_TASK_TIMEOUT_S = 6 * 3600.0
 #: Seconds a cohort tries to reach the cluster of --address before it gives up.
 DEFAULT_CONNECT_TIMEOUT_S = 60.0
 #: Ray's switch for "this node's address is the loopback one" (what it does on macOS and Windows),
@@ -312,13 +316,15 @@ def task_name(index: int) -> str:
 
 def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: float, gpus: float,
               max_retries: int, log: EventLog, progress: CohortProgress,
-              on_event: Optional[Callable[[Dict[str, Any]], None]] = None
+              on_event: Optional[Callable[[Dict[str, Any]], None]] = None, task_timeout_s: Optional[float] = None
               ) -> Tuple[Dict[int, Dict[str, Any]], Optional[KeyboardInterrupt]]:
     """Run one task per spec (volume) and wait for all: ({index: outcome}, the Ctrl-C or SIGTERM that
     stopped the run, else None). An outcome has "status" (done, qc, failed, cancelled), "attempts",
     and what the task returned (host, seconds, device, error, qc_error). On Ctrl-C the tasks not
     finished are cancelled (KeyboardInterrupt in each, so its temporaries are removed; killed after
-    CANCEL_GRACE_S); finished outputs stay."""
+    CANCEL_GRACE_S); finished outputs stay. An attempt still running `task_timeout_s` after it started
+    is killed (a task that hangs cannot be asked to stop) and its volume fails; what it was writing
+    stays in its private folder, removed at the end of the run (task.remove_staging)."""
     board = ray.remote(num_cpus=0)(_Board).remote()
     remote = ray.remote(_task)
     pending: Dict[Any, int] = {}
@@ -335,6 +341,8 @@ def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: 
     outcomes: Dict[int, Dict[str, Any]] = {}
     attempts: Dict[int, int] = {}
     running: Dict[int, Dict[str, Any]] = {}
+    since: Dict[int, float] = {}  # when the running attempt of a volume started (time.monotonic)
+    overdue: Set[int] = set()  # volumes whose attempt ran past task_timeout_s: killed
 
     def record(event: str, **fields) -> None:
         emitted = log.write(event, volume=names.get(fields.get("index")), **fields)
@@ -349,7 +357,7 @@ def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: 
             kind = event.pop("event")
             if kind == "started":
                 attempts[index] = attempts.get(index, 0) + 1
-                running[index] = event
+                running[index], since[index] = event, time.monotonic()
                 if attempts[index] > 1:
                     record("retry", attempt=attempts[index], **event)
                 record("started", attempt=attempts[index], **event)
@@ -365,14 +373,18 @@ def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: 
         except ray.exceptions.RayError as exc:
             status, error = _error_text(ray, exc, tries)
             result = {"status": status, "error": error}
+        if index in overdue:  # killed by us: whatever its end raised
+            result = {"status": "failed", "error": f"still running after {task_timeout_s:g} s (--task-timeout): "
+                                                   "stopped; a read that never returns (a FIFO, a lost mount)?"}
         outcomes[index] = {**result, "attempts": tries}
         fields = {k: v for k, v in result.items() if k not in ("index", "status")}
         record(result["status"] if result["status"] != "qc" else "done", index=index, attempts=tries, **fields)
         if result["status"] == "failed":
             progress.line(f"{names[index]}: failed: {result['error']}")
         elif result["status"] == "done":
+            qc = f"; QC image failed: {result['qc_error']}" if result.get("qc_error") else ""
             progress.line(f"{names[index]}: done in {result.get('seconds', 0):.1f} s on {result.get('host')} "
-                          f"({result.get('device')})")
+                          f"({result.get('device')}){qc}")
 
     denoising = {spec["index"] for spec in specs if spec["denoise"]}  # the bar counts these, not QC-only tasks
 
@@ -381,11 +393,20 @@ def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: 
         waiting = len([i for i in pending.values() if i in denoising and i not in running])
         progress.update(len(denoising & outcomes.keys()), len(running), failed, waiting)
 
+    def stop_overdue() -> None:
+        now = time.monotonic()
+        for ref, index in pending.items():
+            if index in running and index not in overdue and now - since[index] > task_timeout_s:
+                overdue.add(index)
+                ray.cancel(ref, force=True)
+
     interrupted: Optional[KeyboardInterrupt] = None
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
             drain()
+            if task_timeout_s is not None:
+                stop_overdue()
             for ref in ready:
                 finish(ref)
             show()

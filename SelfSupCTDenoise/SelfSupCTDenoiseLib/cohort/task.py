@@ -127,7 +127,8 @@ def process_volume(spec: Dict[str, Any], report: Optional[Report] = None) -> Dic
     try:
         write_qc(Path(spec["source"]), Path(spec["target"]))
     except (SelfSupCTDenoiseError, OSError, ValueError, RuntimeError) as exc:  # the output stays done
-        summary["qc_error"] = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
+        summary["qc_error"] = text.splitlines()[-1] if text else type(exc).__name__
     return summary
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 from ..errors import Cancelled, InputError, Terminated
-from ..files.batch import refuse_writes_into_inputs
+from ..files.batch import output_name_problem, refuse_writes_into_inputs
+from ..files.names import shown
 from .denoise import add_batch_arguments, completed_outputs, prepare_batch_folder
 from .options import config_from_args
 
@@ -28,7 +29,7 @@ LOCK_NAME = ".selfsupctdenoise.cohort.lock"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cohort.scheduler import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_RETRIES
+    from ..cohort.scheduler import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_RETRIES, DEFAULT_TASK_TIMEOUT_S
 
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                         help="folders, volumes, list files (.txt: a path a line) or CSV manifests (.csv: a 'path' "
@@ -51,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
                        help="new attempts for a volume whose worker died or that raised an unexpected error "
                             f"(a bad input is not retried) [{DEFAULT_MAX_RETRIES}]")
+    group.add_argument("--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_S, metavar="SECONDS",
+                       help="stop a volume's task still running this long after it started (each attempt) and "
+                            "count the volume as failed: a hung read (a FIFO, a lost mount) ends there "
+                            f"[{DEFAULT_TASK_TIMEOUT_S:g}: 6 h]")
     group.add_argument("--events", type=Path, help=f"JSON-lines event log [OUTDIR/{EVENTS_NAME}]")
     add_batch_arguments(parser)
 
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cohort.events import CohortProgress, EventLog
     from ..cohort.inputs import read_cohort
     from ..cohort.qc import QC_FOLDER, read_qc
-    from ..cohort.report import REPORT_NAME, write_report
+    from ..cohort.report import REPORT_NAME, folder_rows, write_report
     from ..cohort.scheduler import check_resources, ray_cluster, run_tasks
     from ..cohort.task import remove_staging, volume_spec
     from ..engine.bundle import MANIFEST, default_bundle_for_device, sha256_file
@@ -111,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--max-retries must be >= 0.")
     if not math.isfinite(args.connect_timeout) or args.connect_timeout <= 0:
         raise InputError("--connect-timeout must be a number of seconds > 0.")
+    if not math.isfinite(args.task_timeout) or args.task_timeout <= 0:
+        raise InputError("--task-timeout must be a number of seconds > 0.")
     config = config_from_args(args)
     volumes = read_cohort(args.inputs, args.outdir, config, args.noise_maps, args.dicom_out, args.series)
     out = volumes[0].target.parent
@@ -140,7 +147,11 @@ def run(args: argparse.Namespace) -> int:
         manifest = checked_bundle / MANIFEST  # what the resume rule compared with: the workers check theirs
         sha256 = sha256_file(manifest) if manifest.is_file() else None
         specs: List[Dict[str, Any]] = []
+        # a volume whose outputs cannot have their names fails alone, before any work (and without a task)
+        refused = {v.index: problem for v in volumes if (problem := output_name_problem(v.target, v.noise_map))}
         for volume, record in zip(volumes, complete):
+            if volume.index in refused:
+                continue
             if record is None:
                 specs.append(volume_spec(volume, run_id, bundle, sha256, args.dicom_out, args.force, True))
             elif read_qc(volume.target) is None:  # complete, but its QC is missing or out of date
@@ -155,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
             if record is not None:
                 log.write("skipped", index=volume.index, volume=volume.name, reason="already complete")
         outcomes: Dict[int, Dict[str, Any]] = {}
+        for index, problem in refused.items():
+            outcomes[index] = {"status": "failed", "error": problem, "attempts": 0}
+            log.write("failed", index=index, volume=names[index], error=problem, attempts=0)
         interrupted = None
         if specs:
             if cluster is None:
@@ -164,17 +178,19 @@ def run(args: argparse.Namespace) -> int:
             resources = check_resources(cluster, cpus, gpus)
             log.write("cluster", **resources)
             progress = CohortProgress(to_do, enabled=not args.quiet)
+            for index, problem in refused.items():
+                progress.line(f"{names[index]}: failed: {problem}")
             try:
-                outcomes, interrupted = run_tasks(cluster, specs, names, cpus=cpus, gpus=gpus,
-                                                  max_retries=args.max_retries, log=log, progress=progress)
+                ran, interrupted = run_tasks(cluster, specs, names, cpus=cpus, gpus=gpus,
+                                             max_retries=args.max_retries, log=log, progress=progress,
+                                             task_timeout_s=args.task_timeout)
+                outcomes.update(ran)
             finally:
                 progress.close()
         remove_staging(out, run_id)
-        rows = _report_rows(volumes, complete, outcomes, read_qc)
-        report = write_report(out, rows, title=f"Cohort QC: {out.name}",
-                              details={"settings": f"steps {config.steps}, strength {config.strength:g}, "
-                                                   f"seed {config.seed}, bundle {checked_bundle.name}",
-                                       "run": run_id})
+        rows = report_rows(volumes, complete, outcomes)
+        # the page covers every output in OUTDIR, each with its own settings; the table below, this run
+        report = write_report(out, folder_rows(out, rows), title=f"Cohort QC: {out.name}", details={"run": run_id})
         log.write("report", path=str(report))
         counts = _summary(rows)
         log.write("run_finished", seconds=round(time.perf_counter() - started, 3), **counts)
@@ -189,7 +205,11 @@ def run(args: argparse.Namespace) -> int:
     return 1 if counts.get("failed", 0) else 0
 
 
-def _report_rows(volumes, complete, outcomes: Dict[int, Dict[str, Any]], read_qc) -> List[Dict[str, Any]]:
+def report_rows(volumes, complete, outcomes: Dict[int, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The report's row of each volume of this run: its status, its error (failed, cancelled), its QC
+    record and why its QC could not be made (`qc_error`: the output is complete all the same)."""
+    from ..cohort.qc import read_qc
+
     rows = []
     for volume, record in zip(volumes, complete):
         outcome = outcomes.get(volume.index, {})
@@ -199,7 +219,8 @@ def _report_rows(volumes, complete, outcomes: Dict[int, Dict[str, Any]], read_qc
         error = outcome.get("error") if status in ("failed", "cancelled") else None
         rows.append({"input": volume.name, "output": volume.target.name, "status": status, "error": error,
                      "qc": read_qc(volume.target) if status in ("done", "skipped") else None,
-                     "host": outcome.get("host"), "attempts": outcome.get("attempts")})
+                     "qc_error": outcome.get("qc_error"), "host": outcome.get("host"),
+                     "attempts": outcome.get("attempts")})
     return rows
 
 
@@ -211,11 +232,11 @@ def _summary(rows: List[Dict[str, Any]]) -> Dict[str, int]:
 
 
 def _print_table(rows: List[Dict[str, Any]], counts: Dict[str, int], report: Path) -> None:
-    width = max(len(row["input"]) for row in rows)
+    width = max(len(shown(row["input"])) for row in rows)
     print(f"{'input':<{width}}  result")
     for row in rows:
-        note = row["error"] or ""
+        note = row["error"] or (f"QC image failed: {row['qc_error']}" if row.get("qc_error") else "")
         if row.get("attempts") and row["attempts"] > 1:
             note = f"{row['attempts']} attempts" + (f"; {note}" if note else "")
-        print(f"{row['input']:<{width}}  {row['status']}{'  ' + note if note else ''}")
-    print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + f"; QC report: {report}")
+        print(f"{shown(row['input']):<{width}}  {row['status']}{'  ' + shown(note) if note else ''}")
+    print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + f"; QC report: {shown(report)}")

@@ -8,13 +8,14 @@ from typing import Optional
 from tqdm import tqdm
 
 from ..engine.progress import ProgressEvent
+from ..files.names import shown
 
 
 class TqdmProgress:
     """A ProgressCallback that draws a bar per phase (and prints phase messages once)."""
 
     def __init__(self, enabled: bool = True, prefix: str = "") -> None:
-        self.enabled, self.prefix = enabled, prefix
+        self.enabled, self.prefix = enabled, shown(prefix)
         self.bar: Optional[tqdm] = None
         self.phase: Optional[str] = None
 
@@ -34,7 +35,7 @@ class TqdmProgress:
             self.bar.refresh()
         if event.message and event.total == 0 or (event.message and "memory" in event.message):
             left = f" (about {event.eta_s:.0f} s left)" if event.eta_s is not None and not event.total else ""
-            tqdm.write(f"{self.prefix}{event.phase}: {event.message}{left}", file=sys.stderr)
+            tqdm.write(f"{self.prefix}{event.phase}: {shown(event.message)}{left}", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

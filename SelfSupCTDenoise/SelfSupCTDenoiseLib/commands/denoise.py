@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..engine.config import AdaptConfig
 from ..engine.noise_level import describe_run_estimate
 from ..errors import Cancelled, InputError, SelfSupCTDenoiseError
-from ..files.batch import (batch_jobs, batch_noise_map, dicom_names, expand_inputs,
+from ..files.batch import (batch_jobs, batch_noise_map, dicom_names, expand_inputs, output_name_problem,
                            refuse_writes_into_inputs)
 from ..files.identity import identity_difference
+from ..files.names import shown
 from ..files.provenance_io import read_sidecar, sidecar_path
 from ..files.volumes import VOLUME_SUFFIXES, check_folder_writable, is_dicom_folder, stem, volume_suffix
 from .options import add_adapt_arguments, config_from_args
@@ -51,8 +53,11 @@ def plan(paths: List[Path]) -> Tuple[List[Tuple[Path, Path]], bool]:
     if len(paths) < 2:
         raise SelfSupCTDenoiseError("Give an input and an output: denoise IN OUT, or denoise IN... OUTDIR.")
     *inputs, out = paths
-    single = len(inputs) == 1 and not (inputs[0].is_dir() and not is_dicom_folder(inputs[0])) and not out.is_dir()
+    single = len(inputs) == 1 and not (inputs[0].is_dir() and not is_dicom_folder(inputs[0])) and not os.path.isdir(out)
     if single:
+        problem = output_name_problem(out)
+        if problem is not None:
+            raise InputError(f"Cannot write {out.parent}: {problem}.")
         return [(inputs[0], out)], False
     if out.exists() and not out.is_dir():
         raise SelfSupCTDenoiseError(f"For several inputs the output must be a folder; {out} is a file.")
@@ -86,7 +91,7 @@ def _differences(record: Dict[str, Any], config: AdaptConfig, bundle_sha256: Opt
 
 def _complete(target: Path) -> Optional[Dict[str, Any]]:
     """The sidecar record of a complete output (output and readable sidecar), else None."""
-    if not (target.exists() and sidecar_path(target).exists()):
+    if not (os.path.exists(target) and os.path.exists(sidecar_path(target))):  # False for a name too long
         return None
     try:
         return read_sidecar(target)
@@ -127,7 +132,7 @@ def completed_outputs(jobs: List[Tuple[Path, Path, Optional[Path], AdaptConfig]]
         if record is None:
             continue
         if not isinstance(record.get("input_identity"), dict):
-            print(f"selfsupctdenoise: {target.name} does not record which input it was made from (an older "
+            print(f"selfsupctdenoise: {shown(target.name)} does not record which input it was made from (an older "
                   "version wrote it): it is redone.", file=sys.stderr)
             complete[index] = None
             continue
@@ -186,9 +191,14 @@ def run(args: argparse.Namespace) -> int:
                                      [args.series] * len(jobs))
     results = []
     for index, ((source, target), noise_map) in enumerate(zip(jobs, noise_maps), 1):
-        prefix = f"[{index}/{len(jobs)}] {source.name}: " if batch else ""
+        prefix = f"[{index}/{len(jobs)}] {shown(source.name)}: " if batch else ""
         if complete[index - 1] is not None:
             results.append((source, "skipped (already complete)", ""))
+            continue
+        problem = output_name_problem(target, noise_map) if batch else None
+        if problem is not None:  # fails alone, before its work
+            results.append((source, "FAILED", problem))
+            print(f"{prefix}failed: {problem}", file=sys.stderr)
             continue
         progress = TqdmProgress(enabled=not args.quiet, prefix=prefix)
         started = time.perf_counter()
@@ -210,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             if not batch:
                 raise
             results.append((source, "FAILED", str(exc)))
-            print(f"{prefix}failed: {exc}", file=sys.stderr)
+            print(f"{prefix}failed: {shown(exc)}", file=sys.stderr)
             continue
         finally:
             progress.close()
@@ -223,13 +233,13 @@ def run(args: argparse.Namespace) -> int:
                                        (info.get("input_series") or {}).get("left_out") or ""]))
         results.append((source, f"ok in {time.perf_counter() - started:.1f} s", note))
         if not batch:
-            print(f"wrote {target}" + (f" and {noise_map}" if noise_map else "") + f" ({info['device']}, "
+            print(f"wrote {shown(target)}" + (f" and {shown(noise_map)}" if noise_map else "") + f" ({info['device']}, "
                   f"{info['elapsed_s']:.1f} s){'; ' + note if note else ''}")
     if batch:
-        width = max(len(str(s)) for s, _, _ in results)
+        width = max(len(shown(s)) for s, _, _ in results)
         print(f"{'input':<{width}}  result")
         for source, status, note in results:
-            print(f"{str(source):<{width}}  {status}{'  ' + note if note else ''}")
+            print(f"{shown(source):<{width}}  {status}{'  ' + shown(note) if note else ''}")
         failed = sum(status == "FAILED" for _, status, _ in results)
         print(f"{len(results) - failed} done, {failed} failed")
         return 1 if failed else 0

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..errors import InputError
+from .names import too_long
+from .provenance_io import sidecar_path
 from .volumes import VOLUME_SUFFIXES, is_dicom_folder, stem, volume_suffix
 
 
@@ -55,6 +57,18 @@ def batch_noise_map(target: Path) -> Path:
     return target.with_name(target.name.replace("_denoised", "_noise_map"))
 
 
+def output_name_problem(target: Path, noise_map: Optional[Path] = None) -> Optional[str]:
+    """Why one volume's outputs (output, noise map, sidecar) cannot be written under their names, as one
+    line with what to do, or None. Checked before the volume's work: it then fails alone. (Shortening
+    the names instead would break the rule that an output is named after its input, which the resume
+    rule and the user's scripts rely on; such names are rare and the user can choose one.)"""
+    problem = too_long([target, noise_map, sidecar_path(target)])
+    if problem is None:
+        return None
+    return (f"{problem}: rename the input, or choose a shorter output name (denoise IN OUT, or the 'output' "
+            "column of a cohort manifest)")
+
+
 def refuse_writes_into_inputs(read: Iterable[Path], written: Iterable[Tuple[str, Path]]) -> None:
     """The tool never writes into what it reads. `read`: the inputs (volume files, DICOM series
     folders, list files, manifests) and the folders searched for volumes; `written`: (what, path) of
@@ -65,7 +79,8 @@ def refuse_writes_into_inputs(read: Iterable[Path], written: Iterable[Tuple[str,
     for what, path in written:
         real = Path(os.path.realpath(path))
         for given, source in read:
-            if real == source or (path.exists() and given.exists() and os.path.samefile(path, given)):
+            # os.path.exists: False for a name too long to exist (that volume fails alone, output_name_problem)
+            if real == source or (os.path.exists(path) and os.path.exists(given) and os.path.samefile(path, given)):
                 where = f"is the input {given}"
             elif given.is_dir() and source in real.parents:
                 where = f"lies inside the input folder {given}"

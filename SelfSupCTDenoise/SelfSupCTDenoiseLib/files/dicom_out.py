@@ -281,7 +281,8 @@ def write_dicom_series(image: sitk.Image, source: SourceSeries, output_dir: Path
     thickness = getattr(first, "SliceThickness", None) or image.GetSpacing()[2]
     rows, columns = image.GetSize()[1], image.GetSize()[0]
 
-    temp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    # named shortly: the output's own name may be as long as the file system allows
+    temp = Path(tempfile.mkdtemp(prefix=".dicom-series-", dir=output_dir.parent))
     written: List[Path] = []
     try:
         digits = max(4, len(str(len(positions))))

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .volumes import PathLike, volume_suffix
+from .volumes import PathLike, refuse_special_file, volume_suffix
 
 #: Header files whose voxels are in another file: their own size and mtime say nothing of the voxels.
 DETACHED_HEADERS = (".nhdr", ".mhd")
@@ -56,7 +56,9 @@ def input_identity(path: PathLike, image: Optional[sitk.Image] = None, series: O
     if path.is_dir():
         return _dicom_identity(path, series)
     status = path.stat()
-    image = image if image is not None else sitk.ReadImage(str(path))
+    if image is None:
+        refuse_special_file(path)
+        image = sitk.ReadImage(str(path))
     return {"kind": "file", "size": status.st_size, "mtime_ns": status.st_mtime_ns,
             "voxels_sha256": voxels_sha256(image)}
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -49,6 +50,14 @@ def stem(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
 
 
+def refuse_special_file(path: Path) -> None:
+    """A FIFO, socket or device is not a CT volume, and reading one may wait for ever (a FIFO with
+    no writer): refused at once."""
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise InputError(f"Cannot read {path}: it is not a regular file (a FIFO, socket or device); a CT volume "
+                         "is a file or a DICOM folder.")
+
+
 def read_volume(path: PathLike, ct_check: bool = True, series: Optional[str] = None) -> sitk.Image:
     """Read a 3D CT volume from a file or a DICOM folder (its only CT image series, or `series`: a
     SeriesNumber or SeriesInstanceUID, see dicom_study.select_series) and validate it (`ct_check`
@@ -56,6 +65,7 @@ def read_volume(path: PathLike, ct_check: bool = True, series: Optional[str] = N
     path = Path(path)
     if not path.exists():
         raise InputError(f"Input not found: {path}")
+    refuse_special_file(path)
     if series is not None and not path.is_dir():
         raise InputError(f"--series picks a series of a DICOM folder; {path.name} is a file.")
     try:
@@ -387,7 +397,8 @@ def _keep_aside(final: Path, folder: Path) -> Optional[Path]:
     (a DICOM series: moved aside), in `folder` until the commit is over."""
     if not final.exists():
         return None
-    aside = folder / f"{TEMP_PREFIX}previous-{final.name}"
+    # a short name (not the file's, which may be as long as the file system allows), unique in `folder`
+    aside = folder / f"{TEMP_PREFIX}previous-{uuid.uuid4().hex[:12]}"
     if final.is_dir():
         os.rename(final, aside)
         return aside
