@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 AUTO_BUNDLE = "auto"
 #: The panel's parameter names that differ from the engine's `AdaptConfig` fields.
-PANEL_NAMES = {"learningRate": "lr", "batchSize": "batch_size", "ctCheck": "ct_check"}
+PANEL_NAMES = {"learningRate": "lr", "batchSize": "batch_size", "ctCheck": "ct_check", "targetNoise": "target_noise"}
 #: Panel switch without an engine field: skip the adaptation (steps 0).
 PRETRAINED_ONLY = "pretrainedOnly"
 
@@ -134,12 +134,19 @@ def describeDevice(device: str, gpus: Sequence[GpuInfo]) -> str:
     return f"No CUDA GPU detected: CPU ({os.cpu_count()} cores)"
 
 
+#: The panel's target noise level when first checked (HU).
+DEFAULT_TARGET_NOISE_HU = 10.0
+
+
 def buildConfig(*, steps: int, period: int, learningRate: float, batchSize: int, seed: int, device: str,
-                strength: float, pretrainedOnly: bool = False, **extra: Any) -> Dict[str, Any]:
-    """Engine config dict from panel values, validated by `AdaptConfig` (InputError on bad values)."""
+                strength: float, pretrainedOnly: bool = False, targetNoise: Optional[float] = None,
+                **extra: Any) -> Dict[str, Any]:
+    """Engine config dict from panel values, validated by `AdaptConfig` (InputError on bad values).
+    With `targetNoise` (HU) the strength is left out: the target chooses it after the run."""
+    level = dict(strength=float(strength)) if targetNoise is None else dict(targetNoise=float(targetNoise))
     return configFromMapping(dict(steps=int(steps), period=int(period), learningRate=float(learningRate),
-                                  batchSize=int(batchSize), seed=int(seed), device=device, strength=float(strength),
-                                  pretrainedOnly=pretrainedOnly, **extra))
+                                  batchSize=int(batchSize), seed=int(seed), device=device,
+                                  pretrainedOnly=pretrainedOnly, **level, **extra))
 
 
 def configFromMapping(values: Dict[str, Any]) -> Dict[str, Any]:

@@ -171,9 +171,11 @@ def run(args: argparse.Namespace) -> int:
                 progress.close()
         remove_staging(out, run_id)
         rows = _report_rows(volumes, complete, outcomes, read_qc)
+        level = (f"strength {config.strength:g}" if config.target_noise is None
+                 else f"target noise {config.target_noise:g} HU")
         report = write_report(out, rows, title=f"Cohort QC: {out.name}",
-                              details={"settings": f"steps {config.steps}, strength {config.strength:g}, "
-                                                   f"seed {config.seed}, bundle {checked_bundle.name}",
+                              details={"settings": f"steps {config.steps}, {level}, seed {config.seed}, "
+                                                   f"bundle {checked_bundle.name}",
                                        "run": run_id})
         log.write("report", path=str(report))
         counts = _summary(rows)
