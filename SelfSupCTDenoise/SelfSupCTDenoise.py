@@ -47,7 +47,16 @@ class SelfSupCTDenoise(ScriptedLoadableModule):
             "<b>For research use only, not for diagnosis.</b> Denoises a low-dose CT volume (values in HU) by "
             "adapting a pre-trained denoiser to that volume alone (self-supervised test-time adaptation on "
             "pseudo-CT pairs), then shows LDCT | denoised | noise map side by side. Check the noise map: "
-            "anatomy visible in it was removed. Everything runs locally; no data leaves this computer.<br>"
+            "anatomy visible in it was removed. Everything runs locally; no data leaves this computer.<br><br>"
+            "<b>Strength</b> scales what the model removed: output = input - strength x (input - model output); "
+            "Low 0.5, Medium 0.75, High 1.0. <b>Target noise</b> instead asks for the noise SD (HU) to leave in "
+            "uniform soft tissue; the strength is then chosen from this volume after the run.<br>"
+            "<b>Lesions:</b> a small lesion comes out fainter with every denoiser; use <b>Low</b> where lesion "
+            "HU values matter (it keeps more of a small lesion's HU difference, though it does not make lesions "
+            "easier to find; see the README's section on faint lesions).<br>"
+            "<b>Guard:</b> after adapting, the adapted model is compared with the pretrained one on a few slices; "
+            "if adaptation removed noise grossly unlike the input's estimated noise, the pretrained model is "
+            "used and the status line says so.<br>"
             "See the <a href='{url}'>documentation</a>.<br><br>Method: {paper}.").format(url=DOCUMENTATION_URL,
                                                                                         paper=PAPER)
         self.parent.acknowledgementText = _(
@@ -181,7 +190,9 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.noiseMapSelector.enabled = params.createNoiseMap and not running
         self.ui.targetNoiseSpinBox.enabled = params.useTargetNoise and not running
-        self.ui.deviceInfoLabel.text = self.logic.deviceDescription(params.device)
+        self.ui.deviceInfoLabel.text = self.logic.deviceDescription(params.device) + (
+            "\n" + settings.autoBundlePick(self.logic.useCuda(params.device))
+            if params.modelBundle == settings.AUTO_BUNDLE and self.logic.gpus is not None else "")
         self.ui.modelBundleComboBox.toolTip = settings.autoBundleHelp(self.logic.useCuda(params.device))
         if self.logic.gpus is None and not self._gpuRecheckPending:  # detection runs in a thread
             self._gpuRecheckPending = True
@@ -420,6 +431,8 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
     def processWithParameters(self, params: SelfSupCTDenoiseParameterNode, **kwargs) -> DenoiseJob:
         config = self.configFromParameters(params)
         bundle = settings.resolveBundle(params.modelBundle, self.useCuda(params.device))
+        if params.modelBundle == settings.AUTO_BUNDLE:
+            logging.info("SelfSupCTDenoise: %s", settings.autoBundlePick(self.useCuda(params.device)))
         noiseMapVolume = params.noiseMapVolume if params.createNoiseMap else None
         return self.process(params.inputVolume, params.outputVolume, noiseMapVolume, params.createNoiseMap,
                             config=config, bundlePath=bundle, **kwargs)

@@ -1051,3 +1051,7 @@ def test_auto_bundle_is_lite_on_cuda_unless_a_bundle_was_measured_better_there(t
     assert "picks 'lite'" in settings.autoBundleHelp(True, both)
     assert "picks 'paper'" in settings.autoBundleHelp(True, preferred)
     assert "picks 'lite'" in settings.autoBundleHelp(False, both)
+    # what auto picks on CUDA, and why (the panel's Detected line and the log)
+    assert settings.autoBundlePick(True, both) == ("Model auto on CUDA picks 'lite': no bundle's manifest lists "
+                                                   "'cuda' under auto_on (measured at least as good as lite there).")
+    assert "picks 'paper': its manifest lists 'cuda' under auto_on" in settings.autoBundlePick(True, preferred)

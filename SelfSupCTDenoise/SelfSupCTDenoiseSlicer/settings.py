@@ -77,15 +77,25 @@ def resolveBundle(choice: str, useCuda: bool, customPath: str = "", folder: Opti
     return bundles[choice]
 
 
-def autoBundleHelp(useCuda: bool, folder: Optional[Path] = None) -> str:
-    """What 'auto' means, and what it picks on this computer for the chosen device."""
-    text = ("auto: 'lite', the best measured prior; on a GPU a bigger bundle only where it was measured "
-            "at least as good there.")
+def autoBundlePick(useCuda: bool, folder: Optional[Path] = None) -> str:
+    """What 'auto' picks for the chosen device, and why, in one sentence (the panel's Detected line
+    and the log)."""
+    device = "cuda" if useCuda else "cpu"
     try:
         picked = resolveBundle(AUTO_BUNDLE, useCuda, folder=folder).name
     except ValueError as exc:
-        return f"{text} {exc}"
-    return text + f" Here auto picks '{picked}'."
+        return str(exc)
+    if picked == "lite":
+        why = f"no bundle's manifest lists '{device}' under auto_on (measured at least as good as lite there)"
+    else:
+        why = f"its manifest lists '{device}' under auto_on: it was measured at least as good as lite there"
+    return f"Model auto on {'CUDA' if useCuda else 'the CPU'} picks '{picked}': {why}."
+
+
+def autoBundleHelp(useCuda: bool, folder: Optional[Path] = None) -> str:
+    """What 'auto' means, and what it picks on this computer for the chosen device."""
+    return ("auto: 'lite', the best measured prior; on a GPU a bigger bundle only where it was measured "
+            "at least as good there. " + autoBundlePick(useCuda, folder))
 
 
 @dataclass(frozen=True)
