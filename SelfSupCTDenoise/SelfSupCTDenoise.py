@@ -47,7 +47,16 @@ class SelfSupCTDenoise(ScriptedLoadableModule):
             "<b>For research use only, not for diagnosis.</b> Denoises a low-dose CT volume (values in HU) by "
             "adapting a pre-trained denoiser to that volume alone (self-supervised test-time adaptation on "
             "pseudo-CT pairs), then shows LDCT | denoised | noise map side by side. Check the noise map: "
-            "anatomy visible in it was removed. Everything runs locally; no data leaves this computer.<br>"
+            "anatomy visible in it was removed. Everything runs locally; no data leaves this computer.<br><br>"
+            "<b>Strength</b> scales what the model removed: output = input - strength x (input - model output); "
+            "Low 0.5, Medium 0.75, High 1.0. <b>Target noise</b> instead asks for the noise SD (HU) to leave in "
+            "uniform soft tissue; the strength is then chosen from this volume after the run.<br>"
+            "<b>Lesions:</b> a small lesion comes out fainter with every denoiser; use <b>Low</b> where lesion "
+            "HU values matter (it keeps more of a small lesion's HU difference, though it does not make lesions "
+            "easier to find; see the README's section on faint lesions).<br>"
+            "<b>Guard:</b> after adapting, the adapted model is compared with the pretrained one on a few slices; "
+            "if adaptation removed noise grossly unlike the input's estimated noise, the pretrained model is "
+            "used and the status line says so.<br>"
             "See the <a href='{url}'>documentation</a>.<br><br>Method: {paper}.").format(url=DOCUMENTATION_URL,
                                                                                         paper=PAPER)
         self.parent.acknowledgementText = _(
@@ -65,6 +74,8 @@ class SelfSupCTDenoiseParameterNode:
     noiseMapVolume: vtkMRMLScalarVolumeNode  # none: create "<input> noise map"
     modelBundle: Annotated[str, Choice(settings.bundleChoices())] = settings.AUTO_BUNDLE
     strength: Annotated[float, WithinRange(0.0, 1.0), Decimals(2), SingleStep(0.05)] = DEFAULTS.strength
+    useTargetNoise: bool = False  # the strength is chosen after the run to leave `targetNoise` HU
+    targetNoise: Annotated[float, WithinRange(0.0, 500.0), Decimals(1), SingleStep(1.0)] = settings.DEFAULT_TARGET_NOISE_HU
     steps: Annotated[int, WithinRange(0, 5000)] = DEFAULTS.steps
     period: Annotated[int, WithinRange(1, 1000)] = DEFAULTS.period
     learningRate: Annotated[float, WithinRange(1e-6, 1e-2), Decimals(6), SingleStep(1e-5)] = DEFAULTS.lr
@@ -178,7 +189,10 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if params is None:
             return
         self.ui.noiseMapSelector.enabled = params.createNoiseMap and not running
-        self.ui.deviceInfoLabel.text = self.logic.deviceDescription(params.device)
+        self.ui.targetNoiseSpinBox.enabled = params.useTargetNoise and not running
+        self.ui.deviceInfoLabel.text = self.logic.deviceDescription(params.device) + (
+            "\n" + settings.autoBundlePick(self.logic.useCuda(params.device))
+            if params.modelBundle == settings.AUTO_BUNDLE and self.logic.gpus is not None else "")
         self.ui.modelBundleComboBox.toolTip = settings.autoBundleHelp(self.logic.useCuda(params.device))
         if self.logic.gpus is None and not self._gpuRecheckPending:  # detection runs in a thread
             self._gpuRecheckPending = True
@@ -202,7 +216,8 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStrengthChanged(self, value: float) -> None:
         job = self._completedJob()
-        if job is None or self._parameterNode is None or self._parameterNode.inputVolume is not job.inputVolume:
+        if (job is None or self._parameterNode is None or self._parameterNode.inputVolume is not job.inputVolume
+                or value == job.strength):  # e.g. the strength a target noise level chose, shown
             return
         with slicer.util.tryWithErrorDisplay(_("Could not change the strength."), waitCursor=True):
             self.logic.applyStrength(job.inputVolume, job.outputVolume, job.noiseMapVolume, value)
@@ -281,6 +296,8 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job.state is RunState.COMPLETED:
             self.ui.statusLabel.text = self.logic.completedRunText(job)
             self.logic.showResults(job)
+            if self._parameterNode is not None and job.config.get("target_noise") is not None:
+                self._parameterNode.strength = job.strength  # the slider shows the strength chosen
         elif job.state is RunState.CANCELLED:
             self.ui.statusLabel.text = _("Cancelled; nothing was created.")
         else:
@@ -327,7 +344,8 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         return settings.buildConfig(steps=params.steps, period=params.period, learningRate=params.learningRate,
                                     batchSize=params.batchSize, seed=params.seed, device=params.device,
                                     strength=params.strength, pretrainedOnly=params.pretrainedOnly,
-                                    threads=int(params.threads), ctCheck=params.ctCheck)
+                                    threads=int(params.threads), ctCheck=params.ctCheck,
+                                    targetNoise=params.targetNoise if params.useTargetNoise else None)
 
     def estimateText(self, params: SelfSupCTDenoiseParameterNode) -> str:
         volume = params.inputVolume
@@ -413,6 +431,8 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
     def processWithParameters(self, params: SelfSupCTDenoiseParameterNode, **kwargs) -> DenoiseJob:
         config = self.configFromParameters(params)
         bundle = settings.resolveBundle(params.modelBundle, self.useCuda(params.device))
+        if params.modelBundle == settings.AUTO_BUNDLE:
+            logging.info("SelfSupCTDenoise: %s", settings.autoBundlePick(self.useCuda(params.device)))
         noiseMapVolume = params.noiseMapVolume if params.createNoiseMap else None
         return self.process(params.inputVolume, params.outputVolume, noiseMapVolume, params.createNoiseMap,
                             config=config, bundlePath=bundle, **kwargs)
@@ -427,6 +447,7 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Only the last run's full result is kept: denoise this volume again to change "
                                "its strength."))
         reblend.applyStrength(inputNode, outputNode, noiseMapNode, job.fullStrength, strength)
+        job.strength = float(strength)
 
     def regionNoiseTable(self, inputNode, outputNode, noiseMapNode=None, roiNode=None) -> tuple:
         """(report, table node "<input> noise regions"): noise mean/SD per region for input, denoised
@@ -441,6 +462,7 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         """The status line of a completed run: time, device, the input's estimated noise, and whether
         the guard kept the pretrained model. Runs in Slicer's process: nothing here imports torch."""
         from SelfSupCTDenoiseLib.engine.noise_level import describe_run_estimate
+        from SelfSupCTDenoiseLib.engine.target_noise import describe_target
 
         info = job.result.info
         run = info.get("run") or {}
@@ -449,6 +471,7 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         return (_("Done in {time} on {device}.").format(time=settings.formatDuration(job.result.elapsedS),
                                                         device=info.get("device", "?"))
                 + " " + describe_run_estimate(run) + "."
+                + (" " + describe_target(run.get("target_noise")) + "." if run.get("target_noise") else "")
                 + (" " + _("Adaptation was rejected by the guard: the pretrained model's output is shown.")
                    if fellBack else "")
                 + (" " + _("The CT check was off: the input does not look like CT in HU (recorded with the result).")

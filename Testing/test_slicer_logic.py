@@ -727,6 +727,34 @@ def test_strength_after_a_run_reblends_without_adapting_again(scene, fake_worker
     assert np.array_equal(slicer.util.arrayFromVolume(input_node), array)
 
 
+def test_a_target_noise_level_picks_the_strength_after_the_run_and_a_strength_set_by_hand_replaces_it(
+        scene, fake_worker, tmp_path):
+    """The panel's target leaves its strength out; the worker runs at strength 1 and the job picks the
+    strength with the engine's function on the same arrays and records it; moving the strength
+    afterwards records that strength and no target."""
+    from SelfSupCTDenoiseLib.engine.provenance import applied_strength
+    from SelfSupCTDenoiseLib.engine.target_noise import strength_for_target
+    from SelfSupCTDenoiseSlicer import strength
+
+    array = ct_array((4, 64, 64))
+    input_node = add_volume(scene, array)
+    config = settings.buildConfig(steps=3, period=1, learningRate=1e-4, batchSize=4, seed=0, device="cpu",
+                                  strength=0.3, targetNoise=100.0)
+    assert config["target_noise"] == 100.0 and config["strength"] == 1.0
+    job = make_job(fake_worker, tmp_path, input_node, config=config)
+    job.start()
+    assert job.waitForCompletion(30) is RunState.COMPLETED, job.message
+    record = nodes.readProvenance(job.outputVolume)
+    assert record["run"]["target_noise"] == strength_for_target(array, job.fullStrength, 100.0)
+    assert record["parameters"]["target_noise"] == 100.0 and record["parameters"]["strength"] == 1.0
+    # the input (20 HU of noise) is quieter than the target: strength 0, the input as it is, and said so
+    assert job.strength == applied_strength(record) == 0.0 and "at or below the target" in record["run"]["target_noise"]["note"]
+    assert np.array_equal(slicer.util.arrayFromVolume(job.outputVolume), array)
+    strength.applyStrength(input_node, job.outputVolume, job.noiseMapVolume, job.fullStrength, 1.0)
+    record = nodes.readProvenance(job.outputVolume)
+    assert record["parameters"]["target_noise"] is None and applied_strength(record) == 1.0
+
+
 def test_float_input_strength_end_points_are_exact(scene):
     from SelfSupCTDenoiseSlicer import strength
 
@@ -1023,3 +1051,7 @@ def test_auto_bundle_is_lite_on_cuda_unless_a_bundle_was_measured_better_there(t
     assert "picks 'lite'" in settings.autoBundleHelp(True, both)
     assert "picks 'paper'" in settings.autoBundleHelp(True, preferred)
     assert "picks 'lite'" in settings.autoBundleHelp(False, both)
+    # what auto picks on CUDA, and why (the panel's Detected line and the log)
+    assert settings.autoBundlePick(True, both) == ("Model auto on CUDA picks 'lite': no bundle's manifest lists "
+                                                   "'cuda' under auto_on (measured at least as good as lite there).")
+    assert "picks 'paper': its manifest lists 'cuda' under auto_on" in settings.autoBundlePick(True, preferred)

@@ -79,8 +79,9 @@ class DenoiseJob:
             self.runner.createWorkDir()
             nodes.writeVolumeFile(self.inputVolume, self.runner.inputPath)
             # Strength 1 in the worker, unrounded: rounding before the blend would give other voxels
-            # than the command line. The noise map is made here from the blended output.
-            self.runner.start(dict(self.config, strength=1.0), self.bundlePath, noiseMap=False,
+            # than the command line. The noise map is made here from the blended output, and the
+            # strength for a target noise level chosen here, on the same voxels as the command line.
+            self.runner.start(dict(self.config, strength=1.0, target_noise=None), self.bundlePath, noiseMap=False,
                               forceCpu=self.forceCpu, loadResults=self._readResults, outputDtype="float32")
         except BaseException:
             self.runner.cleanup()
@@ -173,11 +174,22 @@ class DenoiseJob:
             full = self._readResults(self.runner)
         if tuple(full.shape) != self.geometry.arrayShape:
             raise ValueError(f"the denoised volume has shape {full.shape}, the input {self.geometry.arrayShape}")
-        denoised, noise = strength.blendArrays(slicer.util.arrayFromVolume(self.inputVolume), full, self.strength)
+        inputArray = slicer.util.arrayFromVolume(self.inputVolume)
+        # The worker ran at strength 1: the provenance records the strength of the voxels shown, or
+        # the target noise level and the strength it chose, as the command line does.
+        parameters = dict(info.get("parameters") or {}, strength=self.strength)
+        target = self.config.get("target_noise")
+        if target is not None:
+            run = dict(info.get("run") or {})
+            run["target_noise"] = strength.targetStrength(inputArray, full, target, run)
+            self.strength = run["target_noise"]["strength"]
+            logger.info("SelfSupCTDenoise: %s", strength.describeTarget(run["target_noise"]))
+            info = dict(info, run=run)
+            parameters.update(strength=1.0, target_noise=target)
+        info = dict(info, parameters=parameters)
+        denoised, noise = strength.blendArrays(inputArray, full, self.strength)
         if not self.wantNoiseMap:
             noise = None
-        # The worker ran at strength 1: the provenance records the strength of the voxels shown.
-        info = dict(info, parameters=dict(info.get("parameters") or {}, strength=self.strength))
         denoisedName, noiseName = nodes.outputNames(self.inputVolume.GetName())
         created = []
         try:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 AUTO_BUNDLE = "auto"
 #: The panel's parameter names that differ from the engine's `AdaptConfig` fields.
-PANEL_NAMES = {"learningRate": "lr", "batchSize": "batch_size", "ctCheck": "ct_check"}
+PANEL_NAMES = {"learningRate": "lr", "batchSize": "batch_size", "ctCheck": "ct_check", "targetNoise": "target_noise"}
 #: Panel switch without an engine field: skip the adaptation (steps 0).
 PRETRAINED_ONLY = "pretrainedOnly"
 
@@ -77,15 +77,25 @@ def resolveBundle(choice: str, useCuda: bool, customPath: str = "", folder: Opti
     return bundles[choice]
 
 
-def autoBundleHelp(useCuda: bool, folder: Optional[Path] = None) -> str:
-    """What 'auto' means, and what it picks on this computer for the chosen device."""
-    text = ("auto: 'lite', the best measured prior; on a GPU a bigger bundle only where it was measured "
-            "at least as good there.")
+def autoBundlePick(useCuda: bool, folder: Optional[Path] = None) -> str:
+    """What 'auto' picks for the chosen device, and why, in one sentence (the panel's Detected line
+    and the log)."""
+    device = "cuda" if useCuda else "cpu"
     try:
         picked = resolveBundle(AUTO_BUNDLE, useCuda, folder=folder).name
     except ValueError as exc:
-        return f"{text} {exc}"
-    return text + f" Here auto picks '{picked}'."
+        return str(exc)
+    if picked == "lite":
+        why = f"no bundle's manifest lists '{device}' under auto_on (measured at least as good as lite there)"
+    else:
+        why = f"its manifest lists '{device}' under auto_on: it was measured at least as good as lite there"
+    return f"Model auto on {'CUDA' if useCuda else 'the CPU'} picks '{picked}': {why}."
+
+
+def autoBundleHelp(useCuda: bool, folder: Optional[Path] = None) -> str:
+    """What 'auto' means, and what it picks on this computer for the chosen device."""
+    return ("auto: 'lite', the best measured prior; on a GPU a bigger bundle only where it was measured "
+            "at least as good there. " + autoBundlePick(useCuda, folder))
 
 
 @dataclass(frozen=True)
@@ -134,12 +144,19 @@ def describeDevice(device: str, gpus: Sequence[GpuInfo]) -> str:
     return f"No CUDA GPU detected: CPU ({os.cpu_count()} cores)"
 
 
+#: The panel's target noise level when first checked (HU).
+DEFAULT_TARGET_NOISE_HU = 10.0
+
+
 def buildConfig(*, steps: int, period: int, learningRate: float, batchSize: int, seed: int, device: str,
-                strength: float, pretrainedOnly: bool = False, **extra: Any) -> Dict[str, Any]:
-    """Engine config dict from panel values, validated by `AdaptConfig` (InputError on bad values)."""
+                strength: float, pretrainedOnly: bool = False, targetNoise: Optional[float] = None,
+                **extra: Any) -> Dict[str, Any]:
+    """Engine config dict from panel values, validated by `AdaptConfig` (InputError on bad values).
+    With `targetNoise` (HU) the strength is left out: the target chooses it after the run."""
+    level = dict(strength=float(strength)) if targetNoise is None else dict(targetNoise=float(targetNoise))
     return configFromMapping(dict(steps=int(steps), period=int(period), learningRate=float(learningRate),
-                                  batchSize=int(batchSize), seed=int(seed), device=device, strength=float(strength),
-                                  pretrainedOnly=pretrainedOnly, **extra))
+                                  batchSize=int(batchSize), seed=int(seed), device=device,
+                                  pretrainedOnly=pretrainedOnly, **level, **extra))
 
 
 def configFromMapping(values: Dict[str, Any]) -> Dict[str, Any]:

@@ -4,7 +4,8 @@ The worker always denoises at strength 1 and hands the result back unrounded (fl
 keeps it and blends the requested strength here with the engine's `strength_blend` (output =
 X - s * (X - f(X))) and `cast_like_input`, as the command line does: the same voxels. Moving
 the strength afterwards re-blends the same result: no new adaptation, the same model output.
-The noise map is always what was removed: input - output.
+The noise map is always what was removed: input - output. A target noise level picks the strength
+here too, with the engine's `strength_for_target` on the same voxels as the command line.
 """
 
 import numpy as np
@@ -27,11 +28,26 @@ def blendArrays(inputArray: np.ndarray, fullStrength: np.ndarray, strength: floa
     return output, noise
 
 
+def targetStrength(inputArray: np.ndarray, fullStrength: np.ndarray, targetNoise: float, run: dict) -> dict:
+    """The strength that leaves `targetNoise` HU and its provenance record (run["target_noise"])."""
+    from SelfSupCTDenoiseLib.engine.target_noise import strength_for_target
+
+    return strength_for_target(inputArray, fullStrength, targetNoise, run.get("estimated_noise_std_hu"))
+
+
+def describeTarget(record: dict) -> str:
+    from SelfSupCTDenoiseLib.engine.target_noise import describe_target
+
+    return describe_target(record)
+
+
 def recordStrength(node, strength: float) -> None:
-    """Keep the node's provenance true to its voxels: the strength field as the engine writes it."""
+    """Keep the node's provenance true to its voxels: the strength field as the engine writes it; a
+    strength set by hand replaces the target noise level (run.target_noise says what it had chosen)."""
     from SelfSupCTDenoiseLib.files.provenance_io import to_nrrd_fields
 
-    for key, value in to_nrrd_fields({"parameters": {"strength": float(strength)}}, nodes.ATTRIBUTE_PREFIX).items():
+    fields = {"parameters": {"strength": float(strength), "target_noise": None}}
+    for key, value in to_nrrd_fields(fields, nodes.ATTRIBUTE_PREFIX).items():
         node.SetAttribute(key, value)
 
 

@@ -4,8 +4,9 @@ INPUTS are folders (the volumes and DICOM series folders they hold, as in the se
 files (`.txt`, `.list`, `.lst`: one path a line, `#` comments) or CSV manifests (`.csv`: a header
 with a `path` column; an `output` column may name the output inside OUTDIR, a `series` column the
 series of a DICOM study folder (`--series`); any other column is an
-adaptation option for that volume, named like its flag: `steps`, `strength`, `pseudo-noise`, ...;
-an empty cell keeps the command line's value). Relative paths in a list or manifest are relative to
+adaptation option for that volume, named like its flag: `steps`, `strength`, `target-noise`,
+`pseudo-noise`, ...; an empty cell keeps the command line's value; a row's `strength` or
+`target-noise` replaces the command line's other one). Relative paths in a list or manifest are relative to
 that file's folder. Output names, noise-map names and the resume rule are the serial batch's.
 """
 
@@ -43,8 +44,9 @@ class CohortVolume:
 
 
 def _option_types() -> Dict[str, str]:
-    """Per-volume option name -> annotated type ("int", "float", "bool", "str")."""
-    return {f.name: str(f.type) for f in fields(AdaptConfig) if f.name not in COHORT_WIDE}
+    """Per-volume option name -> annotated type ("int", "float", "bool", "str"; `Optional[...]` as its type)."""
+    return {f.name: str(f.type).removeprefix("Optional[").removesuffix("]") for f in fields(AdaptConfig)
+            if f.name not in COHORT_WIDE}
 
 
 def _parse_value(name: str, kind: str, text: str) -> Any:
@@ -167,8 +169,10 @@ def read_cohort(inputs: Sequence[Path], out: Path, config: AdaptConfig, noise_ma
         jobs = dicom_names(jobs)
     volumes = []
     for index, ((source, target), row, folder, pick) in enumerate(zip(jobs, options, folders, picks)):
+        # a row's strength or target noise level replaces the command line's other one
+        exclusive = {"strength": 1.0} if "target_noise" in row else {"target_noise": None} if "strength" in row else {}
         try:
-            settings = config.with_(**row) if row else config
+            settings = config.with_(**{**exclusive, **row}) if row else config
         except InputError as exc:
             raise InputError(f"{source.name} (manifest): {exc}") from None
         volumes.append(CohortVolume(index, source, target, batch_noise_map(target) if noise_maps else None, settings,

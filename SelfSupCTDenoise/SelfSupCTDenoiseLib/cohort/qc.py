@@ -21,6 +21,7 @@ import numpy as np
 
 from ..bench.figures import SOFT_TISSUE
 from ..engine.bundle import sha256_file
+from ..engine.provenance import applied_strength
 from ..errors import InputError
 from ..files.names import too_long
 from ..files.provenance_io import read_sidecar, sidecar_path
@@ -136,7 +137,8 @@ def measure(source: Path, target: Path, record: Dict[str, Any]) -> Tuple[Dict[st
         "device": record.get("device"),
         "threads": record.get("threads"),
         "steps": (record.get("parameters") or {}).get("steps"),
-        "strength": (record.get("parameters") or {}).get("strength"),
+        "strength": applied_strength(record),
+        "target_noise_hu": (record.get("parameters") or {}).get("target_noise"),
         "bundle": (record.get("bundle") or {}).get("name"),
     }
     mid = len(input_hu) // 2

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..engine.config import AdaptConfig
 from ..engine.noise_level import describe_run_estimate
+from ..engine.target_noise import describe_target
 from ..errors import Cancelled, InputError, SelfSupCTDenoiseError
 from ..files.batch import (batch_jobs, batch_noise_map, dicom_names, expand_inputs, output_name_problem,
                            refuse_writes_into_inputs)
@@ -227,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         run = info["run"]
         guard = run.get("guard") or {}
         overridden = (run.get("ct_check") or {}).get("overridden")
-        note = "; ".join(filter(None, [describe_run_estimate(run),
+        note = "; ".join(filter(None, [describe_run_estimate(run), describe_target(run.get("target_noise")),
                                        "guard: used the pretrained model" if guard.get("fell_back") else "",
                                        "CT check overridden" if overridden else "",
                                        (info.get("input_series") or {}).get("left_out") or ""]))

@@ -59,10 +59,17 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
                        help="denoise the air and table around the body too (slower; by default only each "
                             "slice's body box is denoised and the rest is the input as it is)")
     group.add_argument("--strength", type=parse_strength,
-                       help="how much of the removed noise to remove: 0..1 or low/medium/high [1.0]")
+                       help="how much of what the model removed is taken away: output = input - strength x "
+                            "(input - model output); 0..1 or low/medium/high [1.0]")
+    group.add_argument("--target-noise", type=float, metavar="HU",
+                       help="instead of --strength: the noise SD (HU) to leave in uniform soft tissue; the strength "
+                            "is chosen from this run's own measure of the input's noise and of the full result's "
+                            "(0 if the input is already that quiet) and recorded in the provenance")
 
 
 def config_from_args(args: argparse.Namespace) -> AdaptConfig:
+    if getattr(args, "strength", None) is not None and getattr(args, "target_noise", None) is not None:
+        raise InputError("Give either --strength or --target-noise, not both.")
     values = {}
     if getattr(args, "config", None):
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import InputError
 
@@ -108,6 +108,8 @@ class AdaptConfig:
     infer_batch: int = 0             # slices per inference batch; 0 = per device (1 on CPU, 4 on CUDA; halved on OOM)
     mixed_precision: bool = True     # autocast on CUDA (ignored on CPU)
     strength: float = 1.0            # output = X - strength * (X - f(X))
+    target_noise: Optional[float] = None  # HU: the strength is chosen so that the result's noise SD in
+    #                                       uniform soft tissue is this (engine/target_noise.py); not with `strength`
     body_only: bool = True           # denoise each slice's body box (engine/body.py); outside it, air and
     #                                  table as they are in the input. False = whole slices (slower)
     threads: int = 0                 # torch CPU threads for the run; 0 = OMP_NUM_THREADS if set, else every core
@@ -140,6 +142,10 @@ class AdaptConfig:
             problems.append(f"device must be one of {', '.join(DEVICES)}")
         if not 0.0 <= self.strength <= 1.0:
             problems.append("strength must be within [0, 1]")
+        if self.target_noise is not None and self.target_noise < 0:
+            problems.append("target_noise must be >= 0 HU")
+        if self.target_noise is not None and self.strength != 1.0:
+            problems.append("give either strength or target_noise, not both")
         if self.gaussian_sigma_hu <= 0:
             problems.append("gaussian_sigma_hu must be > 0")
         if problems:

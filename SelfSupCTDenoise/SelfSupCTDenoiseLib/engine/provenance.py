@@ -89,3 +89,12 @@ def build_provenance(*, parameters: Any, bundle: Any = None, device: Optional[st
     if run:
         record["run"] = dict(run)
     return record
+
+
+def applied_strength(record: Mapping[str, Any]) -> Optional[float]:
+    """The strength of an output's voxels: the one its target noise level chose
+    (run["target_noise"], engine/target_noise.py), else the one asked for (parameters)."""
+    parameters = record.get("parameters") or {}
+    if parameters.get("target_noise") is not None:
+        return ((record.get("run") or {}).get("target_noise") or {}).get("strength")
+    return parameters.get("strength")

@@ -23,6 +23,7 @@ from .progress import CancelToken, ProgressCallback, ProgressEvent
 from .provenance import build_provenance
 from .spectrum import DEFAULT_BAND_EDGES
 from .strength import strength_blend
+from .target_noise import strength_for_target
 
 #: Slices used by the guard to compare the adapted and the pretrained model.
 GUARD_SLICES = 6
@@ -253,10 +254,14 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
         padding = padding_mask(volume[part])
         if padding.any():
             full[part][padding] = volume[part][padding]
-    if config.strength == 1.0:
+    strength = config.strength
+    if config.target_noise is not None:  # the strength that leaves the noise asked for
+        run_info["target_noise"] = strength_for_target(volume, full, config.target_noise, estimated_noise)
+        strength = run_info["target_noise"]["strength"]
+    if strength == 1.0:
         denoised = full
     else:
-        denoised = strength_blend(volume, full, config.strength,
+        denoised = strength_blend(volume, full, strength,
                                   out=np.empty_like(full) if keep_full_strength else full)
     info = build_provenance(parameters=config, bundle=bundle, device=describe_device(device),
                             elapsed_s=time.perf_counter() - start, run=run_info, threads=torch.get_num_threads())

@@ -43,6 +43,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..engine.arrays import round_into
+from ..engine.provenance import applied_strength
 from ..errors import InputError
 from .dicom_study import select_series
 
@@ -180,9 +181,12 @@ def default_derivation(provenance: Optional[Mapping[str, Any]] = None, noise_map
         params = provenance.get("parameters") or {}
         bundle = provenance.get("bundle") or {}
         details = []
-        for key in ("strength", "steps"):
-            if key in params:
-                details.append(f"{key} {params[key]}")
+        if params.get("target_noise") is not None:
+            details.append(f"target noise {params['target_noise']} HU")
+        if applied_strength(provenance) is not None:
+            details.append(f"strength {applied_strength(provenance)}")
+        if "steps" in params:
+            details.append(f"steps {params['steps']}")
         if provenance.get("seed") is not None:
             details.append(f"seed {provenance['seed']}")
         if bundle.get("sha256"):
