@@ -145,7 +145,7 @@ def main() -> None:
     results: Dict[str, Any] = {
         "command": "python benchmarks/engines.py " + " ".join(sys.argv[1:]), "threads": threads,
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "torch": torch.__version__, "slices": [str(p.relative_to(ROOT)) for p in args.slices],
+        "torch": torch.__version__, "slices": [os.path.relpath(p, ROOT) for p in args.slices],
         "versions": {}, "installed_mb": {}, "profiles": {}, "load_average": [os.getloadavg()[0]]}
     for name in engines:
         if name in EXTRAS:
@@ -160,7 +160,7 @@ def main() -> None:
             y0, y1, x0, x1 = body_box(hu, model.receptive_radius)
             x = np.ascontiguousarray(norm.to_model(model_view(hu[None])[0]), dtype=np.float32)[:, None]
             inputs.append({"whole": x, "box": np.ascontiguousarray(x[..., y0:y1, x0:x1]),
-                           "box_shape": [y1 - y0, x1 - x0]})
+                           "box_shape": [int(y1 - y0), int(x1 - x0)]})
         forwards, rows = {}, {}
         for name in engines:
             try:
