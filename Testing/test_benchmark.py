@@ -193,7 +193,8 @@ def test_the_one_command_runs_the_rows_of_the_committed_report_and_merges_them(t
 
     root = Path(__file__).resolve().parents[1]
     calls, cli = tmp_path / "calls.txt", tmp_path / "cli.sh"
-    cli.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {calls}; echo >> {calls}\n')
+    # one write per call: the script runs parts in parallel, and printf writes once per argument
+    cli.write_text(f'#!/usr/bin/env bash\nline=$(printf "%q " "$@")\necho "$line" >> {calls}\n')
     cli.chmod(0o755)
     done = subprocess.run(["bash", str(root / "scripts" / "reproduce_benchmark.sh"), str(tmp_path / "bench")],
                           env={**os.environ, "SELFSUPCTDENOISE": str(cli), "PYTHON": sys.executable},

@@ -608,7 +608,7 @@ def test_extension_metadata_passes_the_index_checks_offline():
     assert Image.open(ROOT / icon.split(f"/{catalog['scm_revision']}/", 1)[1]).size == (128, 128)
     for text in ((MODULE_DIR / "SelfSupCTDenoise.py").read_text(encoding="utf-8"), (MODULE_DIR / "README-Slicer.md").read_text(encoding="utf-8"),
                  (ROOT / "README.md").read_text(encoding="utf-8"), cmake):
-        for url in re.findall(r"https://(?:raw\.githubusercontent|github)\.com/[^\s\"'()<>#]+", text):
+        for url in re.findall(r"https://(?:raw\.githubusercontent|github)\.com/[^\s\"'()<>#`]+", text):
             if "selfsupctdenoise" in url.lower():  # links to this project, not to others
                 assert _github_repository(url) == (owner, repository), url
     assert CONTRIBUTORS.fullmatch(cmake_value("EXTENSION_CONTRIBUTORS")), cmake_value("EXTENSION_CONTRIBUTORS")

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from . import __version__
 from .errors import Cancelled, SelfSupCTDenoiseError, Terminated
-from .files.names import shown
+from .commands.console import shown  # the terminal's view of a name (files.names)
 
 #: Subcommands, in the order `--help` lists them; each is `commands/<name>.py`.
 COMMANDS = ("denoise", "cohort", "evaluate", "measure", "demo", "pretrain", "simulate", "benchmark",

@@ -81,7 +81,8 @@ class DenoiseJob:
             # Strength 1 in the worker, unrounded: rounding before the blend would give other voxels
             # than the command line. The noise map is made here from the blended output, and the
             # strength for a target noise level chosen here, on the same voxels as the command line.
-            self.runner.start(dict(self.config, strength=1.0, target_noise=None), self.bundlePath, noiseMap=False,
+            worker = {key: value for key, value in self.config.items() if key != "target_noise"}
+            self.runner.start(dict(worker, strength=1.0), self.bundlePath, noiseMap=False,
                               forceCpu=self.forceCpu, loadResults=self._readResults, outputDtype="float32")
         except BaseException:
             self.runner.cleanup()

@@ -325,7 +325,11 @@ def run_tasks(ray, specs: List[Dict[str, Any]], names: Dict[int, str], *, cpus: 
     CANCEL_GRACE_S); finished outputs stay. An attempt still running `task_timeout_s` after it started
     is killed (a task that hangs cannot be asked to stop) and its volume fails; what it was writing
     stays in its private folder, removed at the end of the run (task.remove_staging)."""
-    board = ray.remote(num_cpus=0)(_Board).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # on the driver's node: a lost worker node must not take the run's events (and the run) with it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    board = ray.remote(num_cpus=0)(_Board).options(scheduling_strategy=here).remote()
     remote = ray.remote(_task)
     pending: Dict[Any, int] = {}
     for spec in specs:
