@@ -45,7 +45,10 @@ def _env(tmp_path: Path) -> dict:
     if not token.exists():
         token.write_text(os.urandom(32).hex())
         token.chmod(0o600)
-    return {**os.environ, "PYTHONPATH": str(ROOT / "SelfSupCTDenoise"), "OMP_NUM_THREADS": "1",
+    # without the switch a local cohort run earlier in this process set ("0": loopback only), under which
+    # `ray start` refuses to join a second node
+    inherited = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    return {**inherited, "PYTHONPATH": str(ROOT / "SelfSupCTDenoise"), "OMP_NUM_THREADS": "1",
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0",
             # a lost node is declared dead after 2 missed health checks a second apart (Ray: 5, 3 s)
             "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "2"}
