@@ -33,6 +33,7 @@ DEFAULTS = AdaptConfig()
 PAPER = ("D. Won, E. Jung, S. An, P. Chikontwe, S. H. Park. Self-Supervised Learning based CT Denoising using "
          "Pseudo-CT Image Pairs. MICCAI PRIME workshop 2021. arXiv:2104.02326")
 DOCUMENTATION_URL = "https://github.com/selfsupctdenoise/SlicerSelfSupCTDenoise#readme"
+GLOSSARY_URL = "https://github.com/selfsupctdenoise/SlicerSelfSupCTDenoise/blob/main/docs/GLOSSARY.md"
 
 
 class SelfSupCTDenoise(ScriptedLoadableModule):
@@ -57,8 +58,9 @@ class SelfSupCTDenoise(ScriptedLoadableModule):
             "<b>Guard:</b> after adapting, the adapted model is compared with the pretrained one on a few slices; "
             "if adaptation removed noise grossly unlike the input's estimated noise, the pretrained model is "
             "used and the status line says so.<br>"
-            "See the <a href='{url}'>documentation</a>.<br><br>Method: {paper}.").format(url=DOCUMENTATION_URL,
-                                                                                        paper=PAPER)
+            "See the <a href='{url}'>documentation</a>; the terms (guard, bundle, LDCT/NDCT, NPS, teacher "
+            "period, ...) are explained in the <a href='{glossary}'>glossary</a>.<br><br>Method: {paper}.").format(
+                url=DOCUMENTATION_URL, glossary=GLOSSARY_URL, paper=PAPER)
         self.parent.acknowledgementText = _(
             "Implements the method of Won et al. (DGIST), who published no code; this is an independent "
             "implementation. Torch is installed through the SlicerPyTorch extension (PyTorchUtils).")

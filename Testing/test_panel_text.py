@@ -72,3 +72,11 @@ def test_the_help_and_tooltips_say_the_lesion_advice_target_noise_guard_and_teac
     assert "teacher" in tips["periodSpinBox"][1]
     assert "what auto picks here and why" in tips["modelBundleComboBox"][1]
     assert "faint lesions" in tips["noiseCheckCollapsibleButton"][1]
+
+
+def test_the_help_links_the_glossary_of_this_repository():
+    # the help's terms (guard, bundle, NPS, ...) are explained on one page: the link must point at it
+    source = (MODULE_DIR / "SelfSupCTDenoise.py").read_text(encoding="utf-8")
+    url = re.search(r'GLOSSARY_URL = "([^"]+)"', source).group(1)
+    assert "{glossary}" in help_text() and url.endswith("/blob/main/docs/GLOSSARY.md")
+    assert (MODULE_DIR.parent / "docs" / "GLOSSARY.md").is_file()
