@@ -27,6 +27,7 @@ from SelfSupCTDenoiseLib.engine.config import AdaptConfig
 from SelfSupCTDenoiseSlicer import dependencies, nodes, regions, settings
 from SelfSupCTDenoiseSlicer import strength as reblend
 from SelfSupCTDenoiseSlicer.job import DenoiseJob
+from SelfSupCTDenoiseSlicer.probe import SpeedProbe
 from SelfSupCTDenoiseSlicer.runner import RunState, WorkerRunner
 
 DEFAULTS = AdaptConfig()
@@ -100,7 +101,7 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job: Optional[DenoiseJob] = None
         self._pollTimer = None
-        self._gpuRecheckPending = False
+        self._recheckPending = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -196,13 +197,14 @@ class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "\n" + settings.autoBundlePick(self.logic.useCuda(params.device))
             if params.modelBundle == settings.AUTO_BUNDLE and self.logic.gpus is not None else "")
         self.ui.modelBundleComboBox.toolTip = settings.autoBundleHelp(self.logic.useCuda(params.device))
-        if self.logic.gpus is None and not self._gpuRecheckPending:  # detection runs in a thread
-            self._gpuRecheckPending = True
-            qt.QTimer.singleShot(300, self._recheckGpus)
         self.ui.estimateLabel.text = self.logic.estimateText(params) if not running else ""
+        # GPU detection and the speed probe run in the background: look again until they answered
+        if (self.logic.gpus is None or self.logic.probing) and not self._recheckPending:
+            self._recheckPending = True
+            qt.QTimer.singleShot(300, self._recheck)
 
-    def _recheckGpus(self) -> None:
-        self._gpuRecheckPending = False
+    def _recheck(self) -> None:
+        self._recheckPending = False
         self.updateGui()
 
     def onStrengthPreset(self, level: str) -> None:
@@ -324,6 +326,9 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         # The last completed run: its full-strength result is kept (in memory, one run only) so that
         # `applyStrength` can re-blend without adapting again.
         self.lastJob: Optional[DenoiseJob] = None
+        # This session's probes of the computer's speed, by (profile, "cpu" or "cuda"): the estimate
+        # before the first run on this computer (`estimateText`).
+        self.probes = {}
 
     def getParameterNode(self):
         return SelfSupCTDenoiseParameterNode(super().getParameterNode())
@@ -350,21 +355,49 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
                                     targetNoise=params.targetNoise if params.useTargetNoise else None)
 
     def estimateText(self, params: SelfSupCTDenoiseParameterNode) -> str:
+        """The time a run would take: from this computer's earlier runs; before the first, from a probe
+        of its speed (started here once per profile and device, in the background: "measuring" until
+        it answers); the built-in table only where the probe failed."""
         volume = params.inputVolume
         if volume is None or volume.GetImageData() is None:
             return ""
+        useCuda = self.useCuda(params.device)
         try:
             config = self.configFromParameters(params)
-            bundle = settings.resolveBundle(params.modelBundle, self.useCuda(params.device))
+            bundle = settings.resolveBundle(params.modelBundle, useCuda)
         except ValueError as exc:
             return str(exc)
         manifest = settings.readManifest(bundle)
         profile = (manifest.get("profile") or {}).get("name", bundle.name)
         numNoiseModels = len((manifest.get("files") or {}).get("noise_models", [])) or 3
+        costs = self.measuredCosts(profile, useCuda)
+        if not costs:  # auto's device is known once the GPU detection answered
+            probe = None if self.gpus is None and params.device == "auto" else self.speedProbe(
+                profile, bundle, useCuda, params.threads)
+            if probe is None or probe.running:
+                return _("Estimated time: measuring this computer's speed…")
+            costs = self.probedCosts(profile, useCuda)
         dims = volume.GetImageData().GetDimensions()
-        estimate = settings.estimateTime(tuple(reversed(dims)), config, profile, self.useCuda(params.device),
-                                         numNoiseModels, self.measuredCosts(profile, self.useCuda(params.device)))
+        estimate = settings.estimateTime(tuple(reversed(dims)), config, profile, useCuda, numNoiseModels, costs)
         return _("Estimated time: {estimate}").format(estimate=estimate.describe())
+
+    @property
+    def probing(self) -> bool:
+        return any(probe.running for probe in self.probes.values())
+
+    def speedProbe(self, profile: str, bundle, useCuda: bool, threads: int = 0) -> SpeedProbe:
+        """This session's probe of the computer's speed with `profile`'s bundle on the device, started
+        (in the background) at the first call."""
+        key = (profile, "cuda" if useCuda else "cpu")
+        if key not in self.probes:
+            self.probes[key] = SpeedProbe(self.createRunner(), bundle, key[1], threads)
+        return self.probes[key]
+
+    def probedCosts(self, profile: str, useCuda: bool) -> Optional[dict]:
+        """The unit costs the probe measured (`settings.probedCosts`); None before it answered, or if it failed."""
+        device = "cuda" if useCuda else "cpu"
+        probe = self.probes.get((profile, device))
+        return settings.probedCosts(probe.costs, profile, device) if probe is not None and probe.costs else None
 
     def _storedCosts(self) -> dict:
         try:
@@ -383,9 +416,9 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         costs = job.tracker.measuredCosts(job.geometry.arrayShape, job.config, numNoiseModels, job.result.elapsedS)
         stored = self._storedCosts()
         key = f"{profile}/{'cuda' if useCuda else 'cpu'}"
-        merged = dict(settings.DEFAULT_COSTS.get((profile, "cuda" if useCuda else "cpu"), {}), **stored.get(key, {}))
-        merged.update(costs)
-        stored[key] = merged
+        # what this run did not exercise (e.g. steps, after a pretrained-only run): the probe's, else the table's
+        base = self.probedCosts(profile, useCuda) or settings.tableCosts(profile, "cuda" if useCuda else "cpu")
+        stored[key] = {**base, **stored.get(key, {}), **costs, "probed": False}
         qt.QSettings().setValue(self.SETTINGS_KEY, json.dumps(stored))
 
     # -- running ---------------------------------------------------------------------------------

@@ -521,6 +521,8 @@ def test_module_logic_runs_from_parameter_node_to_output_nodes(scene, fake_worke
     params = module.SelfSupCTDenoiseParameterNode()
     params.inputVolume = add_volume(scene, ct_array(), name="CT")
     params.strength, params.steps, params.seed, params.threads = 0.5, 7, 11, 1
+    assert logic.estimateText(params) == "Estimated time: measuring this computer's speed…"
+    assert logic.probes[("lite", "cpu")].wait(60)  # the fake worker cannot probe: the table's estimate
     assert "Estimated time: about" in logic.estimateText(params)
     job = logic.processWithParameters(params, waitForCompletion=True, timeout=30)
     assert job.state is RunState.COMPLETED, job.message
@@ -905,8 +907,9 @@ def test_process_config_takes_panel_or_engine_names_and_refuses_unknown_keys(sce
 
 def test_a_complete_run_imports_no_torch_into_the_panel_process(tmp_path, tiny_bundle):
     """A whole run through the module's Logic (real worker, tiny bundle) in a fresh interpreter, with
-    what the panel does when it completes (status line, strength change): torch stays out of the
-    panel's process (importing it would freeze the GUI and could turn a finished run into a failure)."""
+    what the panel does before (the estimate, from a probe of the computer's speed) and when it
+    completes (status line, strength change): torch stays out of the panel's process (importing it
+    would freeze the GUI and could turn a finished run into a failure)."""
     script = textwrap.dedent(f"""
         import json, sys
         sys.path[:0] = [{str(ROOT / "Testing")!r}, {str(MODULE_DIR)!r}]
@@ -924,11 +927,17 @@ def test_a_complete_run_imports_no_torch_into_the_panel_process(tmp_path, tiny_b
         logic.gpus = []
         logic.createRunner = lambda: t.WorkerRunner(pythonPath=[str(t.MODULE_DIR)], tempRoot={str(tmp_path)!r})
         volume = t.add_volume(scene, t.ct_array((3, 40, 40)), name="CT")
+        t.settings.modelsDir = lambda: t.Path({str(tiny_bundle.path.parent)!r})  # auto picks the tiny bundle
+        params = module.SelfSupCTDenoiseParameterNode()
+        params.inputVolume, params.device = volume, "cpu"
+        estimates = [logic.estimateText(params)]  # starts the probe of this computer's speed
+        assert logic.probes[("tiny", "cpu")].wait(120)
+        estimates.append(logic.estimateText(params))
         job = logic.process(volume, bundlePath={str(tiny_bundle.path)!r}, timeout=120,
                             config={{"steps": 2, "period": 1, "batch_size": 2, "patch_size": 32, "device": "cpu"}})
         text = logic.completedRunText(job)  # the panel's status line
         logic.applyStrength(volume, job.outputVolume, job.noiseMapVolume, 0.5)
-        print(json.dumps({{"state": job.state.value, "message": job.message, "text": text,
+        print(json.dumps({{"state": job.state.value, "message": job.message, "text": text, "estimates": estimates,
                           "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}}))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
@@ -936,6 +945,7 @@ def test_a_complete_run_imports_no_torch_into_the_panel_process(tmp_path, tiny_b
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["state"] == "completed", report["message"]
     assert "noise" in report["text"] and report["torch"] == []
+    assert "measuring" in report["estimates"][0] and "probed on this computer" in report["estimates"][1]
 
 
 def test_result_layout_has_its_own_views_and_leaves_the_standard_ones_alone(scene, monkeypatch):

@@ -99,7 +99,7 @@ def parseWorkerLine(line: str) -> Optional[Dict[str, Any]]:
         message = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(message, dict) or message.get("event") not in ("progress", "result", "error", "cancelled"):
+    if not isinstance(message, dict) or message.get("event") not in ("progress", "result", "error", "cancelled", "probe"):
         return None
     if message["event"] == "progress":
         event = ProgressEvent.from_json(line)
@@ -210,7 +210,19 @@ class WorkerRunner:
                                None if bundlePath is None else str(Path(bundlePath).resolve()), config,
                                parent_pid=os.getpid(), output_dtype=outputDtype)
         self.requestPath.write_text(json.dumps(request, indent=1), encoding="utf-8")
+        try:
+            self._proc = self.launch(["--request", str(self.requestPath)], forceCpu, cwd=str(self.workDir))
+        except OSError as exc:
+            self._finish(None, RunResult(RunState.FAILED, errorKind="launch", message=(
+                f"Could not start the denoising process ({self.command[0]}): {exc}.")))
+            return
+        self._readerThread = threading.Thread(target=self._readOutput, name="SelfSupCTDenoise-reader", daemon=True)
+        self._readerThread.start()
 
+    def launch(self, arguments: Sequence[str], forceCpu: bool = False, cwd: Optional[str] = None) -> subprocess.Popen:
+        """Start the worker command with `arguments`: the engine on its PYTHONPATH, unbuffered UTF-8
+        output with stderr in stdout, no console window, its own process group (`forceCpu`: no GPU
+        visible to it). Raises OSError if it cannot start."""
         env = dict(self.environment if self.environment is not None else os.environ)
         env["PYTHONPATH"] = os.pathsep.join(self.pythonPath + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env["PYTHONUNBUFFERED"] = "1"
@@ -222,18 +234,11 @@ class WorkerRunner:
             popenArgs["creationflags"] |= subprocess.CREATE_NEW_PROCESS_GROUP
         else:
             popenArgs["start_new_session"] = True  # own process group: the tree can be signalled at once
-        command = self.command + ["--request", str(self.requestPath)]
+        command = self.command + list(arguments)
         logger.debug("Launching %s", command)
-        try:
-            self._proc = subprocess.Popen(command, env=env, cwd=str(self.workDir), stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                          encoding="utf-8", errors="replace", bufsize=1, **popenArgs)
-        except OSError as exc:
-            self._finish(None, RunResult(RunState.FAILED, errorKind="launch", message=(
-                f"Could not start the denoising process ({command[0]}): {exc}.")))
-            return
-        self._readerThread = threading.Thread(target=self._readOutput, name="SelfSupCTDenoise-reader", daemon=True)
-        self._readerThread.start()
+        return subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
+                                **popenArgs)
 
     def _readOutput(self) -> None:
         """Reader thread: parse every line, queue protocol messages, then record how the run ended."""

@@ -192,8 +192,10 @@ def configFromMapping(values: Dict[str, Any]) -> Dict[str, Any]:
 #: (`benchmarks/speed.py`, 2026-12-01, load below 2): 45, 68 and 129 s, which this table gives within
 #: 11%; the noise-model cost is part 2 of that report (only the model-based pseudo-noise kinds use
 #: it). The paper CPU row is the lite row times the paper/lite ratio measured side by side there
-#: (x7.0 per step, x7.8 per slice). CUDA rows are rough guesses until measured on a GPU. Runs on the
-#: user's computer replace all of them (`estimateTime`'s `costs`).
+#: (x7.0 per step, x7.8 per slice). CUDA rows are rough guesses until measured on a GPU. Another
+#: 2-core CPU took 10x as long (with other jobs on its cores), so the panel shows them only where the
+#: worker's probe of this computer failed; the probe's costs (`probedCosts`), then runs on the user's computer, replace
+#: them (`estimateTime`'s `costs`).
 DEFAULT_COSTS = {
     ("lite", "cpu"): {"stepS": 0.205, "sliceS": 0.27, "noiseSliceS": 0.08, "startupS": 3.0, "measured": True},
     ("paper", "cpu"): {"stepS": 1.44, "sliceS": 2.1, "noiseSliceS": 0.3, "startupS": 3.0, "measured": False},
@@ -217,16 +219,27 @@ class TimeEstimate:
         return f"about {formatDuration(self.seconds)} ({self.basis})"
 
 
+def tableCosts(profile: str, deviceKey: str) -> Dict[str, Any]:
+    """The built-in unit costs of a profile ("lite", ...) on "cpu" or "cuda" (lite's for an unknown profile)."""
+    return DEFAULT_COSTS.get((profile, deviceKey)) or DEFAULT_COSTS[("lite", deviceKey)]
+
+
+def probedCosts(probed: Dict[str, float], profile: str, deviceKey: str) -> Dict[str, Any]:
+    """Unit costs from the worker's probe (stepS, sliceS, startupS), marked as probed; the noise
+    models, which it does not time, are the table's cost scaled by the probed slice's ratio to the table's."""
+    table = tableCosts(profile, deviceKey)
+    return dict(probed, noiseSliceS=table["noiseSliceS"] * probed["sliceS"] / table["sliceS"], probed=True)
+
+
 def estimateTime(arrayShape: Sequence[int], config: Dict[str, Any], profile: str, useCuda: bool,
                  numNoiseModels: int = 3, costs: Optional[Dict[str, Any]] = None) -> TimeEstimate:
-    """Click-to-result time for a (slices, rows, columns) volume. `costs` (e.g. measured on this
-    computer by earlier runs) overrides the built-in table."""
-    deviceKey = "cuda" if useCuda else "cpu"
-    basis = "measured on this computer"
+    """Click-to-result time for a (slices, rows, columns) volume. `costs` (measured on this computer
+    by earlier runs, or by its probe: `probedCosts`) overrides the built-in table."""
+    basis = "probed on this computer" if costs and costs.get("probed") else "measured on this computer"
     if not costs:
-        costs = DEFAULT_COSTS.get((profile, deviceKey)) or DEFAULT_COSTS[("lite", deviceKey)]
-        basis = ("measured on a 2-core CPU; more cores run faster" if costs.get("measured")
-                 else "rough: not measured on this kind of device yet")
+        costs = tableCosts(profile, "cuda" if useCuda else "cpu")
+        basis = ("measured on another 2-core CPU; this one may differ several-fold until a first run here"
+                 if costs.get("measured") else "rough: not measured on this kind of device yet")
     slices, rows, columns = arrayShape
     pixelScale = rows * columns / 512.0 ** 2
     steps = int(config.get("steps", 0))

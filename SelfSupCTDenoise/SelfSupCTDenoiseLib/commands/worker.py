@@ -11,6 +11,14 @@ object per line, flushed as it goes:
 - ``{"event": "cancelled", "message": ...}``: SIGTERM/SIGINT or the parent process went away,
   exit code 3; the outputs are not written (or are removed if the signal came during writing).
 
+With ``--probe`` instead of ``--request`` it times this computer for the panel's first estimate
+(``--bundle DIR --device cpu|cuda|auto --threads N``): it loads the denoiser as a run would, runs the
+run's own probe (`engine.eta.probe`, default settings) and answers ``{"event": "probe", "costs":
+{"stepS", "sliceS", "startupS"}, "device", "threads", "probeS"}``, exit code 0: the unit costs of
+the panel's estimate (one default adaptation step, one 512x512 slice, both with the run's overhead
+as the run's own ETA counts it; the start-up from the launch (or from this module's import) to the
+probe), or an error line as a run's.
+
 Any other line (a library printing something) is not JSON and readers ignore it. Error kinds:
 ``input`` (bad volume or parameters), ``bundle``, ``dependency`` (torch or another package missing),
 ``out_of_memory``, ``request`` (unreadable request), ``internal`` (a bug: the traceback goes to
@@ -25,17 +33,22 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-HELP = "internal: run one denoising request for the Slicer module (JSON lines on stdout)"
+HELP = "internal: run one denoising request, or time this computer, for the Slicer module (JSON lines on stdout)"
 
 REQUEST_FORMAT = "selfsupctdenoise-worker-request"
 REQUEST_VERSION = 1
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
 #: Seconds between checks that the parent process is still alive.
 PARENT_POLL_S = 2.0
+#: When this module was imported: where a probe's start-up starts if the caller gives no --launched-at.
+IMPORTED = time.time()
+#: The panel's unit of inference: one whole 512x512 slice.
+SLICE_PIXELS = 512 * 512
 
 
 def make_request(input_path: str, output_path: str, noise_map_path: Optional[str] = None,
@@ -86,8 +99,17 @@ def emit(payload: Dict[str, Any]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--request", required=True, type=Path, metavar="REQUEST.json",
-                        help="request file written by the Slicer module (see the module docstring)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--request", type=Path, metavar="REQUEST.json",
+                      help="request file written by the Slicer module (see the module docstring)")
+    mode.add_argument("--probe", action="store_true",
+                      help="time this computer's adaptation step and slice with the bundle's denoiser instead")
+    probe = parser.add_argument_group("with --probe")
+    probe.add_argument("--bundle", type=Path, help="the bundle folder (default: the shipped lite bundle)")
+    probe.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    probe.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    probe.add_argument("--launched-at", type=float, metavar="EPOCH_S",
+                       help="when the caller launched this process (time.time()); default: when this module was imported")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -130,10 +152,60 @@ def _remove_outputs(request: Dict[str, Any]) -> None:
             Path(request[key]).unlink(missing_ok=True)
 
 
+def emit_error(exc: Exception) -> None:
+    """The error line for `exc`, of the kind that tells the user what to do (see the module docstring)."""
+    from ..errors import BundleError, InputError
+
+    if isinstance(exc, (InputError, BundleError)):
+        emit({"event": "error", "kind": "input" if isinstance(exc, InputError) else "bundle", "message": str(exc)})
+    elif isinstance(exc, ImportError):
+        missing = getattr(exc, "name", None) or str(exc)
+        emit({"event": "error", "kind": "dependency", "message": (
+            f"The Python package '{missing}' is not installed in {sys.executable}. In Slicer, click "
+            "Denoise again to install it (PyTorch comes through the PyTorch extension); on the "
+            "command line, install the engine with pip.")})
+    elif _is_out_of_memory(exc):
+        emit({"event": "error", "kind": "out_of_memory", "message": (
+            "Ran out of memory (" + str(exc).strip().splitlines()[0][:200] + "). Choose device "
+            "'cpu' under Advanced, use a smaller batch size, or close other programs using "
+            "the GPU, then try again.")})
+    else:
+        traceback.print_exc(file=sys.stderr)
+        emit({"event": "error", "kind": "internal", "message": (
+            f"Unexpected error: {type(exc).__name__}: {exc}. This is a bug in SelfSupCTDenoise; "
+            "the details are in the log.")})
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """`--probe`: this computer's unit costs with the bundle's denoiser (see the module docstring)."""
+    try:
+        from ..engine.bundle import load_bundle
+        from ..engine.config import AdaptConfig
+        from ..engine.eta import probe
+        from ..engine.inference import describe_device, resolve_device, torch_threads
+
+        config = AdaptConfig(device=args.device, threads=args.threads)
+        with torch_threads(config.threads) as threads:
+            device = resolve_device(config.device)
+            model = load_bundle(args.bundle).build_denoiser(device)
+            started = time.time()
+            measured = probe(model, config)
+            emit({"event": "probe", "costs": {"stepS": measured.run_seconds(1, 0),
+                                              "sliceS": measured.run_seconds(0, SLICE_PIXELS),
+                                              "startupS": started - (args.launched_at or IMPORTED)},
+                  "device": describe_device(device), "threads": threads, "probeS": time.time() - started})
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - the last line must always be a protocol line
+        emit_error(exc)
+        return EXIT_ERROR
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.probe:
+        return run_probe(args)
     # Imports that need nothing heavy first: an unreadable request must not wait for torch.
     from ..engine.progress import CancelToken
-    from ..errors import BundleError, Cancelled, InputError
+    from ..errors import Cancelled
 
     try:
         request = read_request(args.request)
@@ -177,27 +249,8 @@ def run(args: argparse.Namespace) -> int:
         _remove_outputs(request)
         emit({"event": "cancelled", "message": str(exc)})
         return EXIT_CANCELLED
-    except InputError as exc:
-        emit({"event": "error", "kind": "input", "message": str(exc)})
-    except BundleError as exc:
-        emit({"event": "error", "kind": "bundle", "message": str(exc)})
-    except ImportError as exc:
-        missing = getattr(exc, "name", None) or str(exc)
-        emit({"event": "error", "kind": "dependency", "message": (
-            f"The Python package '{missing}' is not installed in {sys.executable}. In Slicer, click "
-            "Denoise again to install it (PyTorch comes through the PyTorch extension); on the "
-            "command line, install the engine with pip.")})
     except Exception as exc:  # noqa: BLE001 - the last line must always be a protocol line
-        if _is_out_of_memory(exc):
-            emit({"event": "error", "kind": "out_of_memory", "message": (
-                "Ran out of memory (" + str(exc).strip().splitlines()[0][:200] + "). Choose device "
-                "'cpu' under Advanced, use a smaller batch size, or close other programs using "
-                "the GPU, then try again.")})
-        else:
-            traceback.print_exc(file=sys.stderr)
-            emit({"event": "error", "kind": "internal", "message": (
-                f"Unexpected error: {type(exc).__name__}: {exc}. This is a bug in SelfSupCTDenoise; "
-                "the details are in the log.")})
+        emit_error(exc)
     finally:
         stop_watch.set()
     return EXIT_ERROR
