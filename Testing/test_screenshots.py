@@ -3,7 +3,7 @@ made from, and these tests compare that with the tree. Fast: reads files, no Qt,
 
 When one fails, regenerate the PNG (from the repository root) and commit it:
 
-    python scripts/render_panel.py                              # panel.png; needs PySide6 only
+    python scripts/render_panel.py --worker-python .venv/bin/python  # panel.png; PySide6, and torch for the probe
     PYTHONPATH=SelfSupCTDenoise python scripts/render_views.py   # three-views.png; slicer-core, torch,
                                                                  # matplotlib; a real run: minutes
 """

@@ -1,6 +1,6 @@
 """Regenerates Resources/Screenshots/panel.png: the module's real .ui file in plain Qt, before and while running.
 
-    python scripts/render_panel.py [--out PNG]   # needs PySide6 only; draws off screen
+    python scripts/render_panel.py [--out PNG] [--worker-python PY]   # needs PySide6; draws off screen
 
 Qt's own QUiLoader (PySide6) loads SelfSupCTDenoise/Resources/UI/SelfSupCTDenoise.ui. The Slicer/CTK
 classes it names do not exist in plain Qt, so the XML is rewritten to plain stand-ins first (group
@@ -8,7 +8,10 @@ boxes for collapsible sections, combo boxes for node selectors, a slider + spin 
 widget, a plain table, QWidget). Values are the parameter node's defaults, read from its class in
 SelfSupCTDenoise.py (from the source: that file needs Slicer to import) and set the way Slicer's
 parameter-node wrapper sets them. The device line, the time estimate and the status line come from
-the module's plain-Python `settings` and `status`, which import neither torch nor numpy.
+the module's plain-Python `settings` and `status`, which import neither torch nor numpy. With
+`--worker-python` (an interpreter that has torch, e.g. the project's .venv/bin/python) the estimate is
+the one the panel shows once its probe of the computer answered (`SelfSupCTDenoiseSlicer/probe.py`, the
+real worker's `--probe`); without it, the built-in table's, labelled as the panel labels it when its probe fails.
 
 The PNG's text chunks record the .ui file's SHA-256, which Testing/test_screenshots.py compares with
 the file in the tree.
@@ -44,6 +47,8 @@ sys.path.insert(0, str(MODULE_DIR))
 from SelfSupCTDenoiseLib.engine.config import AdaptConfig  # noqa: E402
 from SelfSupCTDenoiseLib.engine.progress import ProgressEvent  # noqa: E402
 from SelfSupCTDenoiseSlicer import settings  # noqa: E402
+from SelfSupCTDenoiseSlicer.probe import SpeedProbe  # noqa: E402
+from SelfSupCTDenoiseSlicer.runner import WorkerRunner  # noqa: E402
 from SelfSupCTDenoiseSlicer.status import ProgressTracker  # noqa: E402
 
 #: Slicer/CTK class -> plain Qt stand-in. Their Slicer-only properties are dropped.
@@ -172,7 +177,7 @@ def fill_values(ui, fields: dict, noneDisplay: dict, inputName: str) -> dict:
     return values
 
 
-def show_state(ui, values: dict, running: bool, arrayShape: tuple, gpus: list) -> None:
+def show_state(ui, values: dict, running: bool, arrayShape: tuple, gpus: list, probed) -> None:
     """What the widget's setup() and updateGui() do with these values (SelfSupCTDenoise.py)."""
     child = lambda cls, name: ui.findChild(cls, name)  # noqa: E731
     apply = child(QtWidgets.QPushButton, "applyButton")
@@ -197,7 +202,9 @@ def show_state(ui, values: dict, running: bool, arrayShape: tuple, gpus: list) -
     manifest = settings.readManifest(bundle)
     profile = (manifest.get("profile") or {}).get("name", bundle.name)
     numNoiseModels = len((manifest.get("files") or {}).get("noise_models", [])) or 3
-    estimate = settings.estimateTime(arrayShape, config, profile, useCuda, numNoiseModels)  # no measured costs yet
+    deviceKey = "cuda" if useCuda else "cpu"
+    costs = settings.probedCosts(probed, profile, deviceKey) if probed else None  # no run measured yet
+    estimate = settings.estimateTime(arrayShape, config, profile, useCuda, numNoiseModels, costs)
     child(QtWidgets.QLabel, "estimateLabel").setText("" if running else f"Estimated time: {estimate.describe()}")
 
     progress = child(QtWidgets.QProgressBar, "progressBar")
@@ -205,8 +212,8 @@ def show_state(ui, values: dict, running: bool, arrayShape: tuple, gpus: list) -
     if not running:
         progress.hide()
         return
-    # One adaptation-step event through the module's tracker; its times from the built-in cost table.
-    costs = settings.DEFAULT_COSTS[(profile, "cuda" if useCuda else "cpu")]
+    # One adaptation-step event through the module's tracker; its times from the costs of the estimate.
+    costs = costs or settings.tableCosts(profile, deviceKey)
     steps = config["steps"]
     step = round(SHOWN_PROGRESS * steps)
     now = [0.0]
@@ -218,7 +225,7 @@ def show_state(ui, values: dict, running: bool, arrayShape: tuple, gpus: list) -
     status.setText(tracker.statusText)
 
 
-def load_panel(loader, xml: str, fields: dict, noneDisplay: dict, running: bool, arrayShape, gpus, inputName):
+def load_panel(loader, xml: str, fields: dict, noneDisplay: dict, running: bool, arrayShape, gpus, inputName, probed):
     buffer = QtCore.QBuffer()
     buffer.setData(xml.encode("utf-8"))
     buffer.open(QtCore.QIODevice.ReadOnly)
@@ -226,7 +233,7 @@ def load_panel(loader, xml: str, fields: dict, noneDisplay: dict, running: bool,
     if ui is None:
         raise SystemExit(f"QUiLoader could not load {UI_FILE}: {loader.errorString()}")
     values = fill_values(ui, fields, noneDisplay, inputName)
-    show_state(ui, values, running, arrayShape, gpus)
+    show_state(ui, values, running, arrayShape, gpus, probed)
     ui.setFixedWidth(PANEL_WIDTH)
     return ui, values
 
@@ -234,6 +241,7 @@ def load_panel(loader, xml: str, fields: dict, noneDisplay: dict, running: bool,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--worker-python", help="an interpreter with torch: probe this computer as the panel does")
     args = parser.parse_args(argv)
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
@@ -245,6 +253,16 @@ def main(argv=None) -> int:
     arrayShape = tuple(reversed(nrrd_sizes(sample)))  # (slices, rows, columns), as estimateText takes it
     gpus = settings.detectGpus()  # as the panel does (nvidia-smi); none on a machine without a GPU
     inputName = sample.name.split(".")[0]  # Slicer names a loaded volume after its file
+    probed = None
+    if args.worker_python:  # the panel's default device here is auto: the CPU unless a GPU was detected
+        useCuda = settings.willUseCuda(fields["device"][0], gpus)
+        bundle = settings.resolveBundle(fields["modelBundle"][0], useCuda)
+        probe = SpeedProbe(WorkerRunner(pythonExecutable=args.worker_python), bundle, "cuda" if useCuda else "cpu",
+                           int(fields["threads"][0]))
+        probe.wait()
+        if not probe.costs:
+            raise SystemExit(f"The probe failed: {probe.message}")
+        probed = probe.costs
 
     page = QtWidgets.QWidget()
     page.setAutoFillBackground(True)
@@ -256,7 +274,7 @@ def main(argv=None) -> int:
         heading = QtWidgets.QLabel(f"<b>{title}</b>")
         heading.setStyleSheet("font-size: 11pt")
         grid.addWidget(heading, 0, column)
-        ui, values = load_panel(loader, xml, fields, noneDisplay, running, arrayShape, gpus, inputName)
+        ui, values = load_panel(loader, xml, fields, noneDisplay, running, arrayShape, gpus, inputName, probed)
         frame = QtWidgets.QFrame()  # the panel on the module area's background
         frame.setAutoFillBackground(True)
         frame.setPalette(app.palette())
@@ -272,7 +290,9 @@ def main(argv=None) -> int:
         "node's defaults with the shipped sample as input; the Detected line and the estimate are the module's own "
         f"functions on the rendering computer ({'no GPU' if not gpus else gpus[0].describe()}, {os.cpu_count()} "
         "CPU cores). The right panel's progress and status text come from the module's progress tracker, fed one "
-        "adaptation-step event by the rendering script (times from the module's built-in cost table).")
+        "adaptation-step event by the rendering script, with the unit costs of the estimate ("
+        + ("this computer's, from the module's probe of its speed, as the panel shows once the probe answered)."
+           if probed else "the module's built-in table, shown as when the panel's probe of the computer fails)."))
     note = QtWidgets.QLabel(caption)
     note.setWordWrap(True)
     note.setStyleSheet("font-size: 9pt")
