@@ -58,6 +58,48 @@ def installed_mb(distributions: List[str]) -> float:
     return round(total / 2**20, 1)
 
 
+def gflop_per_forward(model, shape) -> float:
+    """Multiply-adds x 2 of one forward on an input of `shape` (N, 1, H, W), counted per convolution
+    from the shapes its hooks see: what any engine must compute, so GFLOP/s says how near a
+    measured time is to what the cores can do."""
+    import torch
+    from torch import nn
+
+    total = [0]
+
+    def count(module, inputs, output):
+        kh, kw = module.kernel_size
+        per_output = kh * kw * module.in_channels // module.groups
+        if isinstance(module, nn.ConvTranspose2d):  # each input pixel scatters into out_channels x k x k
+            total[0] += 2 * inputs[0].numel() * module.out_channels * kh * kw // module.groups
+        else:
+            total[0] += 2 * output.numel() * per_output
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total[0] / 1e9
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """What torch's own matrix product reaches on these threads (median of `repeats`): the practical
+    ceiling any engine's convolutions could approach on this CPU."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return round(2 * size ** 3 / statistics.median(times) / 1e9, 1)
+
+
 def eager_engine(model, threads):
     import torch
 
@@ -146,7 +188,8 @@ def main() -> None:
         "command": "python benchmarks/engines.py " + " ".join(sys.argv[1:]), "threads": threads,
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "torch": torch.__version__, "slices": [os.path.relpath(p, ROOT) for p in args.slices],
-        "versions": {}, "installed_mb": {}, "profiles": {}, "load_average": [os.getloadavg()[0]]}
+        "versions": {}, "installed_mb": {}, "profiles": {}, "load_average": [os.getloadavg()[0]],
+        "gemm_gflops": [gemm_gflops()]}
     for name in engines:
         if name in EXTRAS:
             results["versions"][name] = importlib.metadata.version(name)
@@ -161,6 +204,8 @@ def main() -> None:
             x = np.ascontiguousarray(norm.to_model(model_view(hu[None])[0]), dtype=np.float32)[:, None]
             inputs.append({"whole": x, "box": np.ascontiguousarray(x[..., y0:y1, x0:x1]),
                            "box_shape": [int(y1 - y0), int(x1 - x0)]})
+        # GFLOP of each part, summed over the slices: the medians below are per slice, so the mean
+        gflop = {part: statistics.mean(gflop_per_forward(model, x[part].shape) for x in inputs) for part in ("whole", "box")}
         forwards, rows = {}, {}
         for name in engines:
             try:
@@ -197,12 +242,15 @@ def main() -> None:
             row = rows[name]
             for part in ("whole", "box"):
                 row[f"{part}_median_s"] = round(statistics.median(row.pop(f"{part}_s")), 4)
+                row[f"{part}_gflops"] = round(gflop[part] / row[f"{part}_median_s"], 1)
                 if eager:
                     row[f"{part}_ratio_to_eager"] = round(row[f"{part}_median_s"] / eager[part], 3)
             for key in ("max_abs_hu_whole", "max_abs_hu_box"):
                 if key in row:
                     row[key] = float(f"{row[key]:.3g}")
-        results["profiles"][profile] = {"box_shapes": [x["box_shape"] for x in inputs], "engines": rows}
+        results["profiles"][profile] = {"box_shapes": [x["box_shape"] for x in inputs],
+                                        "gflop_per_slice": {part: round(v, 2) for part, v in gflop.items()}, "engines": rows}
+    results["gemm_gflops"].append(gemm_gflops())
     results["load_average"] = [round(v, 2) for v in results["load_average"]]
     text = json.dumps(results, indent=1)
     print(text)
