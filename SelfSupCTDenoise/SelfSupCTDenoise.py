@@ -388,14 +388,14 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
     def speedProbe(self, profile: str, bundle, useCuda: bool, threads: int = 0) -> SpeedProbe:
         """This session's probe of the computer's speed with `profile`'s bundle on the device, started
         (in the background) at the first call."""
-        key = (profile, "cuda" if useCuda else "cpu")
+        key = (profile, settings.deviceKey(useCuda))
         if key not in self.probes:
             self.probes[key] = SpeedProbe(self.createRunner(), bundle, key[1], threads)
         return self.probes[key]
 
     def probedCosts(self, profile: str, useCuda: bool) -> Optional[dict]:
         """The unit costs the probe measured (`settings.probedCosts`); None before it answered, or if it failed."""
-        device = "cuda" if useCuda else "cpu"
+        device = settings.deviceKey(useCuda)
         probe = self.probes.get((profile, device))
         return settings.probedCosts(probe.costs, profile, device) if probe is not None and probe.costs else None
 
@@ -407,7 +407,7 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         return stored if isinstance(stored, dict) else {}
 
     def measuredCosts(self, profile: str, useCuda: bool) -> Optional[dict]:
-        return self._storedCosts().get(f"{profile}/{'cuda' if useCuda else 'cpu'}")
+        return self._storedCosts().get(f"{profile}/{settings.deviceKey(useCuda)}")
 
     def recordCosts(self, job: DenoiseJob, profile: str, useCuda: bool) -> None:
         """Keep this computer's measured unit costs for the next estimates."""
@@ -415,9 +415,9 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         numNoiseModels = len((manifest.get("files") or {}).get("noise_models", [])) or 3
         costs = job.tracker.measuredCosts(job.geometry.arrayShape, job.config, numNoiseModels, job.result.elapsedS)
         stored = self._storedCosts()
-        key = f"{profile}/{'cuda' if useCuda else 'cpu'}"
+        key = f"{profile}/{settings.deviceKey(useCuda)}"
         # what this run did not exercise (e.g. steps, after a pretrained-only run): the probe's, else the table's
-        base = self.probedCosts(profile, useCuda) or settings.tableCosts(profile, "cuda" if useCuda else "cpu")
+        base = self.probedCosts(profile, useCuda) or settings.tableCosts(profile, settings.deviceKey(useCuda))
         stored[key] = {**base, **stored.get(key, {}), **costs, "probed": False}
         qt.QSettings().setValue(self.SETTINGS_KEY, json.dumps(stored))
 

@@ -202,7 +202,7 @@ def show_state(ui, values: dict, running: bool, arrayShape: tuple, gpus: list, p
     manifest = settings.readManifest(bundle)
     profile = (manifest.get("profile") or {}).get("name", bundle.name)
     numNoiseModels = len((manifest.get("files") or {}).get("noise_models", [])) or 3
-    deviceKey = "cuda" if useCuda else "cpu"
+    deviceKey = settings.deviceKey(useCuda)
     costs = settings.probedCosts(probed, profile, deviceKey) if probed else None  # no run measured yet
     estimate = settings.estimateTime(arrayShape, config, profile, useCuda, numNoiseModels, costs)
     child(QtWidgets.QLabel, "estimateLabel").setText("" if running else f"Estimated time: {estimate.describe()}")
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     if args.worker_python:  # the panel's default device here is auto: the CPU unless a GPU was detected
         useCuda = settings.willUseCuda(fields["device"][0], gpus)
         bundle = settings.resolveBundle(fields["modelBundle"][0], useCuda)
-        probe = SpeedProbe(WorkerRunner(pythonExecutable=args.worker_python), bundle, "cuda" if useCuda else "cpu",
+        probe = SpeedProbe(WorkerRunner(pythonExecutable=args.worker_python), bundle, settings.deviceKey(useCuda),
                            int(fields["threads"][0]))
         probe.wait()
         if not probe.costs:

@@ -66,7 +66,7 @@ def resolveBundle(choice: str, useCuda: bool, customPath: str = "", folder: Opti
         from SelfSupCTDenoiseLib.engine.bundle import default_bundle_for_device
 
         # The command line's choice: 'lite', unless a bundle was measured better on this device.
-        path = default_bundle_for_device("cuda" if useCuda else "cpu", folder or modelsDir())
+        path = default_bundle_for_device(deviceKey(useCuda), folder or modelsDir())
         if path.name in bundles:
             return bundles[path.name]
         if bundles:
@@ -80,7 +80,7 @@ def resolveBundle(choice: str, useCuda: bool, customPath: str = "", folder: Opti
 def autoBundlePick(useCuda: bool, folder: Optional[Path] = None) -> str:
     """What 'auto' picks for the chosen device, and why, in one sentence (the panel's Detected line
     and the log)."""
-    device = "cuda" if useCuda else "cpu"
+    device = deviceKey(useCuda)
     try:
         picked = resolveBundle(AUTO_BUNDLE, useCuda, folder=folder).name
     except ValueError as exc:
@@ -219,6 +219,11 @@ class TimeEstimate:
         return f"about {formatDuration(self.seconds)} ({self.basis})"
 
 
+def deviceKey(useCuda: bool) -> str:
+    """The device name of the cost tables, the bundles' `auto_on` and the probes: "cuda" or "cpu"."""
+    return "cuda" if useCuda else "cpu"
+
+
 def tableCosts(profile: str, deviceKey: str) -> Dict[str, Any]:
     """The built-in unit costs of a profile ("lite", ...) on "cpu" or "cuda" (lite's for an unknown profile)."""
     return DEFAULT_COSTS.get((profile, deviceKey)) or DEFAULT_COSTS[("lite", deviceKey)]
@@ -237,7 +242,7 @@ def estimateTime(arrayShape: Sequence[int], config: Dict[str, Any], profile: str
     by earlier runs, or by its probe: `probedCosts`) overrides the built-in table."""
     basis = "probed on this computer" if costs and costs.get("probed") else "measured on this computer"
     if not costs:
-        costs = tableCosts(profile, "cuda" if useCuda else "cpu")
+        costs = tableCosts(profile, deviceKey(useCuda))
         basis = ("measured on another 2-core CPU; this one may differ several-fold until a first run here"
                  if costs.get("measured") else "rough: not measured on this kind of device yet")
     slices, rows, columns = arrayShape
