@@ -17,7 +17,6 @@ SHA-256 (of its manifest.json, as the engine identifies a bundle), the sample's 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -39,12 +38,9 @@ import slicer  # noqa: E402  (slicer-core)
 import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
+from SelfSupCTDenoiseLib.engine.bundle import sha256_file  # noqa: E402  (what the test compares with)
 from SelfSupCTDenoiseSlicer import nodes  # noqa: E402
 from SelfSupCTDenoiseSlicer.runner import RunState, WorkerRunner  # noqa: E402
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def slice_nodes(scene) -> dict:
