@@ -1,6 +1,10 @@
 """Only the body is denoised (issue #28): its box per slice, widened by the network's receptive
 radius, gives the body the whole slice's output; outside the box the input stays as it is."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -107,3 +111,33 @@ def test_the_cli_runs_whole_slices_on_request():
     add_adapt_arguments(parser)
     assert config_from_args(parser.parse_args([])).body_only is True
     assert config_from_args(parser.parse_args(["--whole-slices"])).body_only is False
+
+
+#: In a fresh interpreter: the shipped network on 16 slices whose boxes all differ in size, as a real
+#: volume's do; prints how much the process's resident memory grew (MB).
+VARYING_BOXES = """
+import numpy as np, torch
+import SelfSupCTDenoiseLib
+from SelfSupCTDenoiseLib.engine.inference import apply_slicewise
+from SelfSupCTDenoiseLib.engine.bundle import load_bundle
+torch.set_num_threads(2)
+net = load_bundle().build_denoiser()
+rng = np.random.default_rng(0)
+volume = rng.normal(0, 0.1, (16, 400, 400)).astype(np.float32)
+boxes = np.array([[0, h, 0, w] for h, w in rng.integers(250, 400, (16, 2))])
+resident = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+apply_slicewise(net, volume[:1])  # the allocator's and oneDNN's first use, not counted
+before = resident()
+apply_slicewise(net, volume, boxes=boxes)
+print((resident() - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_boxes_of_many_sizes_give_their_memory_back():
+    """Each new box size used to leave ~10 MB of freed buffers resident in glibc's heap: a 300-slice
+    chest run peaked 0.86 GB (2.7 float32 volumes) above the same run on whole slices."""
+    done = subprocess.run([sys.executable, "-c", VARYING_BOXES], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "SelfSupCTDenoise")})
+    grew_mb = float(done.stdout.split()[-1])
+    assert grew_mb < 40, grew_mb

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .heap import give_back_free_memory
 from .progress import CancelToken, PhaseTimer, ProgressCallback, ProgressEvent
 
 
@@ -139,7 +140,7 @@ def apply_slicewise(model: torch.nn.Module, slices: np.ndarray, batch: int = 0, 
     min_size = getattr(model, "min_size", 1)
     todo = np.setdiff1d(np.arange(len(slices)), np.asarray(done, dtype=int))
     timer = PhaseTimer(phase, len(slices), progress, cancel)
-    position = 0
+    position, last_shape = 0, None
     while position < len(todo):
         index = todo[position:position + batch]
         if index[-1] - index[0] == len(index) - 1:  # consecutive slices: a view, not a copy
@@ -173,6 +174,9 @@ def apply_slicewise(model: torch.nn.Module, slices: np.ndarray, batch: int = 0, 
         if boxes is not None:
             out[index] = slices[index]
         out[index, ..., y0:y1, x0:x1] = from_output(y)
+        if boxes is not None and device.type == "cpu" and chunk.shape != last_shape:
+            give_back_free_memory()  # the buffers of this box's size (engine/heap.py)
+        last_shape = chunk.shape
         position += len(chunk)
         timer.emit(position + len(slices) - len(todo))
     if not len(todo):
