@@ -329,6 +329,7 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         # This session's probes of the computer's speed, by (profile, "cpu" or "cuda"): the estimate
         # before the first run on this computer (`estimateText`).
         self.probes = {}
+        self.bodyShares = {}  # the last volume's (settings.bodyShare), by content and bundle reach
 
     def getParameterNode(self):
         return SelfSupCTDenoiseParameterNode(super().getParameterNode())
@@ -378,8 +379,17 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
                 return _("Estimated time: measuring this computer's speed…")
             costs = self.probedCosts(profile, useCuda)
         dims = volume.GetImageData().GetDimensions()
-        estimate = settings.estimateTime(tuple(reversed(dims)), config, profile, useCuda, numNoiseModels, costs)
+        estimate = settings.estimateTime(tuple(reversed(dims)), config, profile, useCuda, numNoiseModels, costs,
+                                         self.bodyShare(volume, manifest))
         return _("Estimated time: {estimate}").format(estimate=estimate.describe())
+
+    def bodyShare(self, volume, manifest: dict) -> float:
+        """`settings.bodyShare` of the volume, computed once per volume content and bundle reach
+        (~0.1 s: the estimate is refreshed on every change of a setting)."""
+        key = (volume.GetID(), volume.GetImageData().GetMTime(), json.dumps(manifest.get("profile"), sort_keys=True))
+        if key not in self.bodyShares:
+            self.bodyShares = {key: settings.bodyShare(slicer.util.arrayFromVolume(volume), manifest)}
+        return self.bodyShares[key]
 
     @property
     def probing(self) -> bool:
@@ -413,7 +423,9 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         """Keep this computer's measured unit costs for the next estimates."""
         manifest = settings.readManifest(job.bundlePath) if job.bundlePath else {}
         numNoiseModels = len((manifest.get("files") or {}).get("noise_models", [])) or 3
-        costs = job.tracker.measuredCosts(job.geometry.arrayShape, job.config, numNoiseModels, job.result.elapsedS)
+        run = (job.result.info or {}).get("run") or {}
+        costs = job.tracker.measuredCosts(job.geometry.arrayShape, job.config, numNoiseModels, job.result.elapsedS,
+                                          run.get("body_fraction") or 1.0)
         stored = self._storedCosts()
         key = f"{profile}/{settings.deviceKey(useCuda)}"
         # what this run did not exercise (e.g. steps, after a pretrained-only run): the probe's, else the table's

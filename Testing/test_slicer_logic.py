@@ -348,6 +348,32 @@ def test_time_estimate_grows_with_work_and_uses_local_measurements():
     assert settings.formatDuration(59) == "59 s" and settings.formatDuration(125) == "2 min 05 s"
 
 
+def test_the_estimate_counts_the_body_boxes_a_run_denoises_not_whole_slices():
+    """A run denoises each slice's body box only (issue #28): an estimate of whole slices was 1.3x a
+    300-slice chest run's inference on the slow 2-core machine; a run's measured slice cost is a
+    whole slice's, whatever share of it that volume's body took."""
+    from SelfSupCTDenoiseLib.engine.body import body_boxes, box_fraction
+
+    volume = ct_array((40, 512, 512))  # a disc of body in air
+    share = settings.bodyShare(volume, {"profile": {"redcnn_kernel": 5}})
+    assert share == pytest.approx(box_fraction(body_boxes(volume, 20), volume.shape), abs=0.01) and share < 0.85
+    assert settings.bodyShare(volume, {"profile": {}}) == 1.0  # a network of unknown reach sees whole slices
+    costs = {"stepS": 0.1, "sliceS": 0.2, "noiseSliceS": 0.05, "startupS": 1.0}
+    config = {"steps": 0}
+    whole = settings.estimateTime((40, 512, 512), config, "lite", False, costs=costs).seconds
+    body = settings.estimateTime((40, 512, 512), config, "lite", False, costs=costs, bodyShare=share).seconds
+    assert body - 1.0 == pytest.approx((whole - 1.0) * share)
+    asked = settings.estimateTime((40, 512, 512), dict(config, body_only=False), "lite", False, costs=costs,
+                                  bodyShare=share)
+    assert asked.seconds == whole  # whole slices on request
+    now = [0.0]
+    tracker = ProgressTracker(numSlices=40, steps=0, clock=lambda: now[0])
+    for event in (ProgressEvent("infer", 0, 40), ProgressEvent("infer", 40, 40)):
+        now[0] += 4.0
+        tracker.update(event)
+    assert tracker.measuredCosts((40, 512, 512), config, 1, 10.0, bodyShare=0.5)["sliceS"] == pytest.approx(0.2)
+
+
 def test_built_in_time_estimate_matches_the_speed_benchmark_within_30_percent():
     """The panel's first estimate (no local measurement yet) against the whole runs that
     benchmarks/speed.py measured and wrote into docs/SPEED.md (lite, default settings, 512x512xN)."""

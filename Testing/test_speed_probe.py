@@ -60,8 +60,10 @@ def test_the_panel_estimates_from_a_probe_of_this_computer_before_its_first_run(
     assert probe.costs is not None, probe.message
     text = logic.estimateText(params)
     assert text.endswith("(probed on this computer)") and table.describe() not in text
+    share = settings.bodyShare(ct_array((16, 512, 512)), settings.readManifest(tiny_bundle.path))
+    assert share < 0.85  # the run denoises the body's boxes; so does the estimate
     probed = settings.estimateTime((16, 512, 512), logic.configFromParameters(params), "tiny", False,
-                                   costs=logic.probedCosts("tiny", False))
+                                   costs=logic.probedCosts("tiny", False), bodyShare=share)
     assert text == f"Estimated time: {probed.describe()}" and not logic.probing
     params.steps = 20  # other settings: the same probe's costs, no second probe
     assert "probed on this computer" in logic.estimateText(params) and list(logic.probes.values()) == [probe]

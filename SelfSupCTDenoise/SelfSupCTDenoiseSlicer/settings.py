@@ -237,9 +237,12 @@ def probedCosts(probed: Dict[str, float], profile: str, deviceKey: str) -> Dict[
 
 
 def estimateTime(arrayShape: Sequence[int], config: Dict[str, Any], profile: str, useCuda: bool,
-                 numNoiseModels: int = 3, costs: Optional[Dict[str, Any]] = None) -> TimeEstimate:
+                 numNoiseModels: int = 3, costs: Optional[Dict[str, Any]] = None,
+                 bodyShare: float = 1.0) -> TimeEstimate:
     """Click-to-result time for a (slices, rows, columns) volume. `costs` (measured on this computer
-    by earlier runs, or by its probe: `probedCosts`) overrides the built-in table."""
+    by earlier runs, or by its probe: `probedCosts`) overrides the built-in table. `bodyShare`: the
+    share of the slices' pixels in their body boxes (`engine.body.body_share`), which is all a run
+    denoises unless the config asks for whole slices."""
     basis = "probed on this computer" if costs and costs.get("probed") else "measured on this computer"
     if not costs:
         costs = tableCosts(profile, deviceKey(useCuda))
@@ -247,8 +250,9 @@ def estimateTime(arrayShape: Sequence[int], config: Dict[str, Any], profile: str
                  if costs.get("measured") else "rough: not measured on this kind of device yet")
     slices, rows, columns = arrayShape
     pixelScale = rows * columns / 512.0 ** 2
+    denoisedScale = pixelScale * (bodyShare if config.get("body_only", True) else 1.0)
     steps = int(config.get("steps", 0))
-    seconds = costs["startupS"] + slices * costs["sliceS"] * pixelScale
+    seconds = costs["startupS"] + slices * costs["sliceS"] * denoisedScale
     if steps > 0:
         patchScale = config.get("batch_size", 16) / 16.0 * (config.get("patch_size", 64) / 64.0) ** 2
         seconds += steps * costs["stepS"] * patchScale
@@ -256,8 +260,19 @@ def estimateTime(arrayShape: Sequence[int], config: Dict[str, Any], profile: str
         if config.get("pseudo_noise") in MODEL_NOISE_KINDS:
             seconds += numNoiseModels * poolSlices * costs["noiseSliceS"] * pixelScale
         if config.get("guard", True):
-            seconds += min(slices, GUARD_SLICES) * costs["sliceS"] * pixelScale
+            seconds += min(slices, GUARD_SLICES) * costs["sliceS"] * denoisedScale
     return TimeEstimate(seconds, basis)
+
+
+def bodyShare(array, manifest: Dict[str, Any]) -> float:
+    """The share of a (slices, rows, columns) HU array that a run with this bundle denoises: its
+    slices' body boxes, widened by the bundle's network reach (`engine.body.body_share`); 1 where the
+    manifest does not say that reach (the run then denoises whole slices)."""
+    from SelfSupCTDenoiseLib.engine.body import body_share
+    from SelfSupCTDenoiseLib.engine.config import redcnn_receptive_radius
+
+    kernel = (manifest.get("profile") or {}).get("redcnn_kernel")
+    return body_share(array, redcnn_receptive_radius(int(kernel))) if kernel else 1.0
 
 
 def formatDuration(seconds: float) -> str:

@@ -57,15 +57,16 @@ class ProgressTracker:
         return last - first
 
     def measuredCosts(self, arrayShape: Sequence[int], config: Dict, numNoiseModels: int,
-                      totalSeconds: float) -> Dict[str, float]:
+                      totalSeconds: float, bodyShare: float = 1.0) -> Dict[str, float]:
         """Unit costs in the form of `settings.DEFAULT_COSTS`, from this run's phase timings; only
-        the costs this run exercised are returned."""
+        the costs this run exercised are returned. `bodyShare`: the run's `body_fraction` (a slice's
+        cost is that of a whole one, whatever share of it this volume's body took)."""
         slices, rows, columns = arrayShape
         pixelScale = rows * columns / 512.0 ** 2
         costs: Dict[str, float] = {}
         work = 0.0
         if self.phaseSeconds("infer") > 0:
-            costs["sliceS"] = self.phaseSeconds("infer") / (slices * pixelScale)
+            costs["sliceS"] = self.phaseSeconds("infer") / (slices * pixelScale * bodyShare)
             work += self.phaseSeconds("infer")
         steps = int(config.get("steps", 0))
         if steps > 0 and self.phaseSeconds("adapt") > 0:

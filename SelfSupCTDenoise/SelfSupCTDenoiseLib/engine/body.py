@@ -56,3 +56,14 @@ def box_fraction(boxes: np.ndarray, shape) -> float:
     """The share of the volume's pixels inside the boxes (1 = whole slices)."""
     areas = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
     return float(areas.sum() / (len(boxes) * shape[-2] * shape[-1]))
+
+
+#: Slices the panel's estimate looks at (`body_share`): ~4 ms each on 512x512.
+SHARE_SLICES = 32
+
+
+def body_share(volume_hu: np.ndarray, margin: int, slices: int = SHARE_SLICES) -> float:
+    """`box_fraction` of at most `slices` evenly spaced slices: the share of the volume a run denoises,
+    known before it runs (the panel's time estimate)."""
+    index = np.unique(np.linspace(0, len(volume_hu) - 1, min(slices, len(volume_hu))).round().astype(int))
+    return box_fraction(body_boxes(volume_hu[index], margin), volume_hu.shape)

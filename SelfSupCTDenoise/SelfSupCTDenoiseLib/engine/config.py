@@ -34,6 +34,14 @@ class NetworkProfile:
         return {"base_channels": self.unet_channels, "depth": self.unet_depth}
 
 
+def redcnn_receptive_radius(kernel_size: int) -> int:
+    """An output pixel of RED-CNN depends on the input within this many pixels of it (5 valid
+    convolutions reach k - 1 pixels further each, the transposed ones as far back): a crop this much
+    wider than a region gives the region the whole image's output. Here, not in the network's module,
+    so that the panel (no torch) sizes the body boxes as a run does."""
+    return 5 * (kernel_size - 1)
+
+
 PROFILES: Dict[str, NetworkProfile] = {
     "paper": NetworkProfile("paper", redcnn_channels=96, redcnn_kernel=5, unet_channels=32, unet_depth=3),
     "lite": NetworkProfile("lite", redcnn_channels=32, redcnn_kernel=5, unet_channels=16, unet_depth=2),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import redcnn_receptive_radius
+
 
 class RedCNN(nn.Module):
     """Residual encoder-decoder CNN: 5 valid convolutions, 5 mirrored transposed convolutions.
@@ -49,10 +51,8 @@ class RedCNN(nn.Module):
 
     @property
     def receptive_radius(self) -> int:
-        """An output pixel depends on the input within this many pixels of it (5 valid convolutions
-        reach k - 1 pixels further each, the transposed ones as far back): a crop this much wider
-        than a region gives the region the whole image's output."""
-        return 5 * (self.kernel_size - 1)
+        """See `config.redcnn_receptive_radius`."""
+        return redcnn_receptive_radius(self.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 1:
