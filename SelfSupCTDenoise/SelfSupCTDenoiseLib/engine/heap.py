@@ -3,9 +3,10 @@
 The network's buffers of a body box are sized by the box, and every slice's box has its own size.
 glibc's allocator keeps the freed buffers of each earlier size in its heap, where the next sizes fit
 only in part, so the process's resident memory grew with every new size: a 300-slice chest run
-peaked 0.86 GB (2.7 float32 volumes) above the same run on whole slices. `malloc_trim` returns the
-free pages after a batch whose size changed; on a real chest volume the inference then took ~3 %
-longer. Elsewhere (macOS, Windows, Linux without glibc) the allocators differ and this does nothing.
+peaked 4.6 float32 volumes above the 16-slice run's (whole slices before: 1.9; the bar is 3).
+`malloc_trim` returns the free pages after a batch whose size changed: 2.0 volumes (docs/SPEED.md),
+for ~3 % more inference time on 40 real chest slices. Elsewhere (macOS, Windows, Linux without
+glibc) the allocators differ and this does nothing.
 """
 
 from __future__ import annotations
