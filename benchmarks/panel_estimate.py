@@ -43,9 +43,10 @@ def measure(volume, spacing, config: dict, bundle: Path, threads: int) -> dict:
         raise SystemExit(f"the probe failed: {probe.message}")
     manifest = settings.readManifest(bundle)
     noiseModels = len((manifest.get("files") or {}).get("noise_models", [])) or 3
+    share = settings.bodyShare(volume, manifest)  # as the panel: the body boxes the run denoises
     probed = settings.estimateTime(volume.shape, config, "lite", False, noiseModels,
-                                   settings.probedCosts(probe.costs, "lite", "cpu")).seconds
-    table = settings.estimateTime(volume.shape, config, "lite", False, noiseModels).seconds
+                                   settings.probedCosts(probe.costs, "lite", "cpu"), share).seconds
+    table = settings.estimateTime(volume.shape, config, "lite", False, noiseModels, None, share).seconds
 
     runner = WorkerRunner()
     started = time.monotonic()
@@ -60,7 +61,8 @@ def measure(volume, spacing, config: dict, bundle: Path, threads: int) -> dict:
         raise SystemExit(f"the run failed: {result.message}")
     return {"load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "probe_wall_s": round(probeS, 1),
             "probe_costs": {k: round(v, 3) for k, v in probe.costs.items()}, "probed_estimate_s": round(probed, 1),
-            "table_estimate_s": round(table, 1), "run_eta_at_start_s": result.info.get("run", {}).get("expected_s"),
+            "table_estimate_s": round(table, 1), "body_share_estimated": round(share, 3),
+            "body_fraction_of_run": result.info.get("run", {}).get("body_fraction"), "run_eta_at_start_s": result.info.get("run", {}).get("expected_s"),
             "run_s": round(runS, 1), "probed_over_run": round(probed / runS, 3), "table_over_run": round(table / runS, 3)}
 
 
