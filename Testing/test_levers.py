@@ -67,3 +67,35 @@ def test_widened_network_computes_the_narrow_one_until_trained_then_uses_its_new
         loss.backward()
         optimizer.step()
     assert wide.conv3.weight[:, 8:].abs().max() > 0  # the new channels are read now
+
+
+def test_body_patches_lie_inside_each_slices_body_box():
+    """runtime_knobs.py --body-patches: every crop of a real chest slice and of a real abdomen slice is
+    inside its body box, where uniform draws put about half their pixels in air."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from SelfSupCTDenoiseLib.engine.adapt import PatchSampler
+    from SelfSupCTDenoiseLib.engine.body import body_box
+    from SelfSupCTDenoiseLib.engine.normalization import Normalization
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "levers"))
+    try:
+        knobs = _common("runtime_knobs")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks" / "levers"))
+    hu = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(ROOT / "Testing" / "data" / "real_ct" / name)))[0]
+                   for name in ("lidc_0314/000138.dcm", "cmb_crc/1-026.dcm")]).astype(np.float32)
+    norm = Normalization()
+    pool = torch.from_numpy(norm.to_model(hu))[:, None]
+    air = {}
+    for sampler_class in (PatchSampler, knobs.body_patch_sampler(PatchSampler, norm.to_hu)):
+        sampler = sampler_class(pool, None, 64, "rot90flip", torch.Generator().manual_seed(0))
+        corners = [sampler._corner(2, 512, 512, 64) for _ in range(200)]
+        inside = [body_box(hu[i], margin=0) for i, _, _ in corners]
+        in_box = [y0 <= y and y + 64 <= y1 and x0 <= x and x + 64 <= x1
+                  for (_, y, x), (y0, y1, x0, x1) in zip(corners, inside)]
+        air[sampler_class.__name__] = float((norm.to_hu(sampler.sample(200)[0].numpy()) < -900).mean())
+        if sampler_class is not PatchSampler:
+            assert all(in_box)
+    assert air["BodyPatchSampler"] < 0.2 < 0.4 < air["PatchSampler"], air

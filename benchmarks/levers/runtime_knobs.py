@@ -7,6 +7,11 @@ the level and the views reach into the engine by replacing two of its functions.
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --level 1.15
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --views --cases ts_chest:d12_hann
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --set noise_level=input
+    OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --body-patches --set seed=1
+
+`--body-patches`: the adaptation's patches drawn inside each pool slice's body box
+(`engine/body.py`, no margin) instead of anywhere on it: on real chest CT about 40 % of a uniform
+draw's area is air, table or blankets (docs/SPEED.md, issue #28).
 
 The local-level variants of docs/LEVERS.md section 5 (`all`, `tissue`, `flat`) were measured with this
 script's `--local-level` of commit 2b40b6f; `flat` is now the engine's noise_level "local".
@@ -36,6 +41,26 @@ def dihedral_mean(apply, volume: np.ndarray) -> np.ndarray:
     return np.mean(outputs, axis=0)
 
 
+def body_patch_sampler(sampler_class, to_hu):
+    """`sampler_class` (engine/adapt.py's PatchSampler) with its crops' corners drawn so that each crop
+    lies inside its slice's body box where the box is large enough (else as before, on that axis)."""
+    from SelfSupCTDenoiseLib.engine.body import body_boxes
+
+    class BodyPatchSampler(sampler_class):
+        def __init__(self, pool, *args, **kwargs):
+            super().__init__(pool, *args, **kwargs)
+            self.boxes = body_boxes(to_hu(pool.numpy()[:, 0]), margin=0)
+
+        def _corner(self, slices, height, width, crop):
+            i = self._randint(slices)
+            y0, y1, x0, x1 = self.boxes[i]
+            ys = (y0, y1 - crop + 1) if y1 - y0 >= crop else (0, height - crop + 1)
+            xs = (x0, x1 - crop + 1) if x1 - x0 >= crop else (0, width - crop + 1)
+            return i, ys[0] + self._randint(ys[1] - ys[0]), xs[0] + self._randint(xs[1] - xs[0])
+
+    return BodyPatchSampler
+
+
 def main() -> None:
     import SelfSupCTDenoiseLib.engine.adapt as adapt_module
     import SelfSupCTDenoiseLib.engine.run as run_module
@@ -51,9 +76,12 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="AdaptConfig fields, key=value")
     parser.add_argument("--level", type=float, default=1.0, help="pseudo-noise level / the estimate")
     parser.add_argument("--views", action="store_true", help="also score 8 flips and 3 planes")
+    parser.add_argument("--body-patches", action="store_true", help="adaptation patches inside the body boxes")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     norm = bundle.normalization
+    if args.body_patches:
+        adapt_module.PatchSampler = body_patch_sampler(adapt_module.PatchSampler, norm.to_hu)
     defaults = AdaptConfig()
     overrides = {key: type(getattr(defaults, key))(value) for key, value in (kv.split("=") for kv in args.set)}
     config = defaults.with_(threads=1, **overrides)
@@ -76,6 +104,7 @@ def main() -> None:
         ldct, reference, _ = read_case(args.dataset, case)
         result = run_module.denoise_array(ldct, bundle, config)
         row = {"case": case, "set": args.set, "level": args.level, **({"bundle": args.bundle} if args.bundle else {}),
+               **({"body_patches": True} if args.body_patches else {}),
                "psnr_soft": compare(result.denoised, reference)["psnr_soft"],
                "guard_fell_back": bool((result.info["run"].get("guard") or {}).get("fell_back"))}
         if args.views and not row["guard_fell_back"]:
