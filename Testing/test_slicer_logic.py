@@ -357,7 +357,8 @@ def test_the_estimate_counts_the_body_boxes_a_run_denoises_not_whole_slices():
     volume = ct_array((40, 512, 512))  # a disc of body in air
     share = settings.bodyShare(volume, {"profile": {"redcnn_kernel": 5}})
     assert share == pytest.approx(box_fraction(body_boxes(volume, 20), volume.shape), abs=0.01) and share < 0.85
-    assert settings.bodyShare(volume, {"profile": {}}) == 1.0  # a network of unknown reach sees whole slices
+    for profile in ({}, {"redcnn_kernel": "x"}, {"redcnn_kernel": -3}):  # reach unknown: whole slices, no error
+        assert settings.bodyShare(volume, {"profile": profile}) == 1.0
     costs = {"stepS": 0.1, "sliceS": 0.2, "noiseSliceS": 0.05, "startupS": 1.0}
     config = {"steps": 0}
     whole = settings.estimateTime((40, 512, 512), config, "lite", False, costs=costs).seconds

@@ -267,12 +267,14 @@ def estimateTime(arrayShape: Sequence[int], config: Dict[str, Any], profile: str
 def bodyShare(array, manifest: Dict[str, Any]) -> float:
     """The share of a (slices, rows, columns) HU array that a run with this bundle denoises: its
     slices' body boxes, widened by the bundle's network reach (`engine.body.body_share`); 1 where the
-    manifest does not say that reach (the run then denoises whole slices)."""
+    manifest does not say that reach (the run then denoises whole slices, or refuses the bundle)."""
     from SelfSupCTDenoiseLib.engine.body import body_share
     from SelfSupCTDenoiseLib.engine.config import redcnn_receptive_radius
 
     kernel = (manifest.get("profile") or {}).get("redcnn_kernel")
-    return body_share(array, redcnn_receptive_radius(int(kernel))) if kernel else 1.0
+    if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1:
+        return 1.0
+    return body_share(array, redcnn_receptive_radius(kernel))
 
 
 def formatDuration(seconds: float) -> str:
