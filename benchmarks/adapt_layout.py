@@ -28,16 +28,14 @@ sys.path.insert(0, str(ROOT / "SelfSupCTDenoise"))
 SLICE = ROOT / "Testing" / "data" / "real_ct" / "lidc_0314" / "000138.dcm"
 
 
-def patches(batch: int, size: int):
+def patches(normalization, batch: int, size: int):
     """`batch` patches of the real slice, in the bundle's normalisation, from fixed corners."""
     import numpy as np
-    import SimpleITK as sitk
     import torch
 
-    from SelfSupCTDenoiseLib.engine.bundle import load_bundle
+    from engines import read_slice
 
-    image = sitk.GetArrayFromImage(sitk.ReadImage(str(SLICE)))[0].astype(np.float32)
-    model = load_bundle().normalization.to_model(image)
+    model = normalization.to_model(read_slice(SLICE))
     corners = np.random.default_rng(0).integers(96, 512 - 96 - size, (batch, 2))
     return torch.from_numpy(np.stack([model[y:y + size, x:x + size] for y, x in corners])[:, None].copy())
 
@@ -54,8 +52,9 @@ def main() -> None:
 
     from SelfSupCTDenoiseLib.engine.bundle import load_bundle
 
-    net = load_bundle().build_denoiser()
-    x = patches(16, 64)
+    bundle = load_bundle()
+    net = bundle.build_denoiser()
+    x = patches(bundle.normalization, 16, 64)
 
     def trainer(channels_last: bool):
         student = copy.deepcopy(net).train().requires_grad_(True)
