@@ -23,7 +23,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+from SelfSupCTDenoiseLib.engine.config import VIEW_COUNTS, AdaptConfig
 from SelfSupCTDenoiseSlicer import dependencies, nodes, regions, settings
 from SelfSupCTDenoiseSlicer import strength as reblend
 from SelfSupCTDenoiseSlicer.job import DenoiseJob
@@ -88,6 +88,7 @@ class SelfSupCTDenoiseParameterNode:
     threads: Annotated[int, WithinRange(0, 1024)] = DEFAULTS.threads  # CPU threads; 0 = all cores
     pretrainedOnly: bool = False
     ctCheck: bool = DEFAULTS.ct_check  # off: denoise what does not look like CT in HU (recorded with the result)
+    views: Annotated[int, Choice(list(VIEW_COUNTS))] = DEFAULTS.views  # slices denoised turned/mirrored, averaged
 
 
 class SelfSupCTDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -352,7 +353,7 @@ class SelfSupCTDenoiseLogic(ScriptedLoadableModuleLogic):
         return settings.buildConfig(steps=params.steps, period=params.period, learningRate=params.learningRate,
                                     batchSize=params.batchSize, seed=params.seed, device=params.device,
                                     strength=params.strength, pretrainedOnly=params.pretrainedOnly,
-                                    threads=int(params.threads), ctCheck=params.ctCheck,
+                                    threads=int(params.threads), ctCheck=params.ctCheck, views=int(params.views),
                                     targetNoise=params.targetNoise if params.useTargetNoise else None)
 
     def estimateText(self, params: SelfSupCTDenoiseParameterNode) -> str:

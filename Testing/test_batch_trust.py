@@ -72,6 +72,27 @@ def test_a_reexported_scan_is_the_same_input_and_an_old_sidecar_is_redone(tiny_b
     assert read_sidecar(out / "case_denoised.nrrd")["input_identity"] == input_identity(source)
 
 
+def test_a_sidecar_from_before_a_setting_existed_counts_as_made_without_it(tiny_bundle, tmp_path, capsys):
+    """Outputs written before `views` was recorded were made with one view: a rerun at the default
+    (more views) must not take them for done; with `--views 1` they are."""
+    source = volume(tmp_path / "case.nrrd", seed=4, dtype=np.int16)
+    out = tmp_path / "out"
+    out.mkdir()
+    batch = _batch(tiny_bundle, source, out)
+    assert main([*batch, "--views", "1"]) == 0
+    sidecar = sidecar_path(out / "case_denoised.nrrd")
+    old = json.loads(sidecar.read_text())
+    del old["parameters"]["views"]
+    sidecar.write_text(json.dumps(old))
+    first = snapshot(out)
+    capsys.readouterr()
+    assert main(batch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "views 1 -> 4" in line and "--force" in line
+    assert snapshot(out) == first
+    assert main([*batch, "--views", "1"]) == 0 and "skipped (already complete)" in capsys.readouterr().out
+
+
 def test_a_dicom_series_is_known_by_its_uids(tiny_bundle, tmp_path, capsys):
     from test_dicom_out import make_ct_series
 

@@ -35,8 +35,8 @@ FAST = dict(batch_size=8, patch_size=32, period=10, lr=3e-4)
 def test_outputs_stay_within_half_a_hu_of_the_path_before_the_speed_work(tmp_path):
     reference = np.load(REFERENCE)
     ldct, before = reference["input"], reference["full_strength"]
-    # the reference predates the local-level default: the recipe it was made with
-    config = AdaptConfig(steps=10, period=5, batch_size=4, threads=1, strength=0.5, noise_level="input")
+    # the reference predates the local-level default and the views: the recipe it was made with
+    config = AdaptConfig(steps=10, period=5, batch_size=4, threads=1, strength=0.5, noise_level="input", views=1)
     result = denoise_array(ldct, load_bundle(FROZEN_BUNDLE), config)
     guard = result.info["run"]["guard"]
     np.testing.assert_allclose([guard["removed_std_pretrained_hu"], guard["removed_std_adapted_hu"]],
@@ -73,10 +73,11 @@ def test_the_guard_slices_go_through_each_model_once(tiny_bundle, phantom, monke
         return forward(self, x)
 
     monkeypatch.setattr(RedCNN, "forward", counting)
-    result = denoise_array(phantom, tiny_bundle, AdaptConfig(steps=2, **FAST))
+    config = AdaptConfig(steps=2, **FAST)
+    result = denoise_array(phantom, tiny_bundle, config)
     assert result.info["run"]["guard"]["fell_back"] is False
-    # the guard runs both models on its slices; the full pass reuses the adapted model's
-    assert sum(slices_seen) == len(phantom) + GUARD_SLICES
+    # the guard runs both models on its slices; the full pass reuses the adapted model's (each view once)
+    assert config.views == 4 and sum(slices_seen) == config.views * (len(phantom) + GUARD_SLICES)
 
 
 def test_cpu_inference_runs_one_slice_at_a_time_in_channels_last():

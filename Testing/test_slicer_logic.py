@@ -375,6 +375,24 @@ def test_the_estimate_counts_the_body_boxes_a_run_denoises_not_whole_slices():
     assert tracker.measuredCosts((40, 512, 512), config, 1, 10.0, bodyShare=0.5)["sliceS"] == pytest.approx(0.2)
 
 
+def test_the_estimate_counts_each_view_a_run_averages():
+    """A run of `views` N puts every slice through the network N times (issue 25); the slice cost a
+    run measures is one view's."""
+    costs = {"stepS": 0.1, "sliceS": 0.2, "noiseSliceS": 0.05, "startupS": 1.0}
+    config = {"steps": 0}
+    one = settings.estimateTime((40, 512, 512), config, "lite", False, costs=costs, bodyShare=0.6).seconds
+    four = settings.estimateTime((40, 512, 512), dict(config, views=4), "lite", False, costs=costs,
+                                 bodyShare=0.6).seconds
+    assert four - 1.0 == pytest.approx(4 * (one - 1.0))
+    now = [0.0]
+    tracker = ProgressTracker(numSlices=40, steps=0, clock=lambda: now[0])
+    for event in (ProgressEvent("infer", 0, 40), ProgressEvent("infer", 40, 40)):
+        now[0] += 16.0
+        tracker.update(event)
+    measured = tracker.measuredCosts((40, 512, 512), dict(config, views=4), 1, 20.0, bodyShare=0.5)
+    assert measured["sliceS"] == pytest.approx(0.2)
+
+
 def test_built_in_time_estimate_matches_the_speed_benchmark_within_30_percent():
     """The panel's first estimate (no local measurement yet) against the whole runs that
     benchmarks/speed.py measured and wrote into docs/SPEED.md (lite, default settings, 512x512xN)."""
@@ -547,7 +565,7 @@ def test_module_logic_runs_from_parameter_node_to_output_nodes(scene, fake_worke
     module, logic, store, models = _load_module(monkeypatch, tmp_path, fake_worker)
     params = module.SelfSupCTDenoiseParameterNode()
     params.inputVolume = add_volume(scene, ct_array(), name="CT")
-    params.strength, params.steps, params.seed, params.threads = 0.5, 7, 11, 1
+    params.strength, params.steps, params.seed, params.threads, params.views = 0.5, 7, 11, 1, 2
     assert logic.estimateText(params) == "Estimated time: measuring this computer's speed…"
     assert logic.probes[("lite", "cpu")].wait(60)  # the fake worker cannot probe: the table's estimate
     assert "Estimated time: about" in logic.estimateText(params)
@@ -555,7 +573,7 @@ def test_module_logic_runs_from_parameter_node_to_output_nodes(scene, fake_worke
     assert job.state is RunState.COMPLETED, job.message
     assert job.outputVolume.GetName() == "CT denoised" and job.noiseMapVolume.GetName() == "CT noise map"
     assert job.config["strength"] == 0.5 and job.config["steps"] == 7 and job.config["seed"] == 11
-    assert job.config["threads"] == 1  # the panel's CPU threads reach the worker's config
+    assert job.config["threads"] == 1 and job.config["views"] == 2  # the panel's Advanced values reach the worker
     assert job.bundlePath == str(models / "lite") and job.forceCpu is False
     recorded = json.loads(store[module.SelfSupCTDenoiseLogic.SETTINGS_KEY])["lite/cpu"]
     assert recorded["startupS"] >= 0 and "sliceS" in recorded

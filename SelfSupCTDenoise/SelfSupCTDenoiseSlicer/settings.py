@@ -236,6 +236,14 @@ def probedCosts(probed: Dict[str, float], profile: str, deviceKey: str) -> Dict[
     return dict(probed, noiseSliceS=table["noiseSliceS"] * probed["sliceS"] / table["sliceS"], probed=True)
 
 
+def inferredScale(config: Dict[str, Any], pixelScale: float, bodyShare: float) -> float:
+    """Whole 512x512 slices' worth of network forwards per slice of a run of `config`: its body share
+    (unless whole slices are asked for) times the views it averages."""
+    from SelfSupCTDenoiseLib.engine.config import AdaptConfig
+
+    return pixelScale * (bodyShare if config.get("body_only", True) else 1.0) * int(config.get("views", AdaptConfig.views))
+
+
 def estimateTime(arrayShape: Sequence[int], config: Dict[str, Any], profile: str, useCuda: bool,
                  numNoiseModels: int = 3, costs: Optional[Dict[str, Any]] = None,
                  bodyShare: float = 1.0) -> TimeEstimate:
@@ -250,7 +258,7 @@ def estimateTime(arrayShape: Sequence[int], config: Dict[str, Any], profile: str
                  if costs.get("measured") else "rough: not measured on this kind of device yet")
     slices, rows, columns = arrayShape
     pixelScale = rows * columns / 512.0 ** 2
-    denoisedScale = pixelScale * (bodyShare if config.get("body_only", True) else 1.0)
+    denoisedScale = inferredScale(config, pixelScale, bodyShare)
     steps = int(config.get("steps", 0))
     seconds = costs["startupS"] + slices * costs["sliceS"] * denoisedScale
     if steps > 0:

@@ -5,7 +5,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from SelfSupCTDenoiseLib.engine.progress import ProgressEvent
 
-from .settings import formatDuration
+from .settings import formatDuration, inferredScale
 
 #: Share of the bar (percent start, end) per phase. "guard" is the engine's short check of the
 #: adapted model on a few slices; it reports as "infer" with fewer slices than the volume has.
@@ -66,7 +66,7 @@ class ProgressTracker:
         costs: Dict[str, float] = {}
         work = 0.0
         if self.phaseSeconds("infer") > 0:
-            costs["sliceS"] = self.phaseSeconds("infer") / (slices * pixelScale * bodyShare)
+            costs["sliceS"] = self.phaseSeconds("infer") / (slices * inferredScale(config, pixelScale, bodyShare))
             work += self.phaseSeconds("infer")
         steps = int(config.get("steps", 0))
         if steps > 0 and self.phaseSeconds("adapt") > 0:

@@ -1,11 +1,12 @@
 """Run-time knobs of the shipped adaptation on the validation cases (docs/LEVERS.md): learning rate,
 pseudo-noise level over the estimate, and what averaging more views of the adapted network gives
-(flips/transposes, and the coronal and sagittal planes of a volume). Experiments, not product code:
-the level and the views reach into the engine by replacing two of its functions.
+(the engine's turns and mirrors of a slice, and the coronal and sagittal planes of a volume).
+Experiments, not product code: the level and the views reach into the engine by replacing two of its
+functions.
 
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --set lr=0.0002
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --level 1.15
-    OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --views --cases ts_chest:d12_hann
+    OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --views [--planes] --cases ts_chest:d12_hann
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --set noise_level=input
     OMP_NUM_THREADS=1 python benchmarks/levers/runtime_knobs.py --body-patches --set seed=1
 
@@ -27,18 +28,20 @@ import numpy as np
 from common import VALIDATION, read_case
 
 
-def dihedral_mean(apply, volume: np.ndarray) -> np.ndarray:
-    """Mean of the network over the 8 flips/transposes of each slice, each mapped back."""
-    outputs = []
-    for k in range(8):
-        view = volume.transpose(0, 2, 1) if k >= 4 else volume
-        view = view[:, :, ::-1] if k & 1 else view
-        view = view[:, ::-1, :] if k & 2 else view
-        out = apply(view)
-        out = out[:, ::-1, :] if k & 2 else out
-        out = out[:, :, ::-1] if k & 1 else out
-        outputs.append(out.transpose(0, 2, 1) if k >= 4 else out)
-    return np.mean(outputs, axis=0)
+def view_outputs(apply, volume: np.ndarray) -> list:
+    """The network's output for each of the engine's VIEWS (engine/inference.py), each turned back."""
+    import torch
+
+    from SelfSupCTDenoiseLib.engine.inference import VIEWS, from_view, to_view
+
+    return [from_view(torch.from_numpy(apply(to_view(torch.from_numpy(volume), view).numpy())), view).numpy()
+            for view in VIEWS]
+
+
+#: Means of views scored by `--views`: the engine's first n (its config `views`), and one other pair
+#: (docs/data/lever_views.jsonl was printed when the engine's second view was the half turn: its
+#: "views_2" is the slice and its half turn, its "views_2_quarter_turn" the slice and its quarter turn).
+VIEW_SETS = {"1": (0,), "2": (0, 1), "2_half_turn": (0, 2), "4": (0, 1, 2, 3), "8": tuple(range(8))}
 
 
 def body_patch_sampler(sampler_class, to_hu):
@@ -75,7 +78,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="data/sim")
     parser.add_argument("--set", nargs="*", default=[], help="AdaptConfig fields, key=value")
     parser.add_argument("--level", type=float, default=1.0, help="pseudo-noise level / the estimate")
-    parser.add_argument("--views", action="store_true", help="also score 8 flips and 3 planes")
+    parser.add_argument("--views", action="store_true", help="also score means of views (VIEW_SETS)")
+    parser.add_argument("--planes", action="store_true", help="with --views, also the mean of 3 planes (volumes)")
     parser.add_argument("--body-patches", action="store_true", help="adaptation patches inside the body boxes")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
@@ -108,8 +112,11 @@ def main() -> None:
                "psnr_soft": compare(result.denoised, reference)["psnr_soft"],
                "guard_fell_back": bool((result.info["run"].get("guard") or {}).get("fell_back"))}
         if args.views and not row["guard_fell_back"]:
-            row["psnr_soft_8_views"] = compare(dihedral_mean(apply, ldct), reference)["psnr_soft"]
-            if len(ldct) > 8:  # a volume: the coronal and sagittal planes too
+            outputs = view_outputs(apply, ldct)
+            for name, chosen in VIEW_SETS.items():
+                row[f"psnr_soft_views_{name}"] = compare(np.mean([outputs[i] for i in chosen], axis=0),
+                                                         reference)["psnr_soft"]
+            if args.planes and len(ldct) > 8:  # a volume: the coronal and sagittal planes too
                 coronal = apply(ldct.transpose(1, 0, 2)).transpose(1, 0, 2)
                 sagittal = apply(ldct.transpose(2, 0, 1)).transpose(1, 2, 0)
                 row["psnr_soft_3_planes"] = compare((result.denoised + coronal + sagittal) / 3, reference)["psnr_soft"]

@@ -180,7 +180,8 @@ def fine_tune_on_reference(ldct: np.ndarray, reference: np.ndarray, bundle: Bund
         loss.backward()
         optimizer.step()
     model.eval().requires_grad_(False)
-    return apply_slicewise(model, ldct, config.infer_batch, to_input=norm.to_model, from_output=norm.to_hu)
+    return apply_slicewise(model, ldct, config.infer_batch, to_input=norm.to_model, from_output=norm.to_hu,
+                           views=config.views)
 
 
 def _case(entry: Dict[str, Any]):
@@ -378,11 +379,12 @@ def run_benchmark(dataset: Path, bundles: Dict[str, Bundle], *, quick: bool, tag
                         bundle = bundles[method.bundle]
                         config = base.with_(**method.config)
 
-                        def record(step, model, bundle=bundle):
+                        def record(step, model, bundle=bundle, views=config.views):
                             from ..engine.inference import apply_slicewise
 
                             norm = bundle.normalization
-                            out = apply_slicewise(model, ldct, 4, to_input=norm.to_model, from_output=norm.to_hu)
+                            out = apply_slicewise(model, ldct, 4, to_input=norm.to_model, from_output=norm.to_hu,
+                                                  views=views)
                             curve.append([step, psnr(out, reference)])
 
                         result = denoise_array(ldct, bundle, config,

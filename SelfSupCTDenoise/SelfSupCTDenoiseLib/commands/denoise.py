@@ -73,15 +73,18 @@ def plan(paths: List[Path]) -> Tuple[List[Tuple[Path, Path]], bool]:
 
 #: Parameters that do not change the result: a rerun that differs only in them skips complete outputs.
 RESUME_IGNORES = ("threads", "infer_batch", "ct_check")
+#: What older versions did for a parameter their sidecars do not record, where that is not today's
+#: default (otherwise a parameter missing from a sidecar is taken for the default): one view.
+BEFORE_RECORDED = {"views": 1}
 
 
 def _differences(record: Dict[str, Any], config: AdaptConfig, bundle_sha256: Optional[str],
                  noise_map: Optional[Path]) -> List[str]:
     """How this run's settings differ from those recorded in an output's sidecar."""
     recorded, default = record.get("parameters") or {}, AdaptConfig()
-    found = [f"{key} {recorded.get(key, getattr(default, key))} -> {value}"
-             for key, value in config.to_dict().items()
-             if key not in RESUME_IGNORES and recorded.get(key, getattr(default, key)) != value]
+    recorded = {key: recorded.get(key, BEFORE_RECORDED.get(key, getattr(default, key))) for key in config.to_dict()}
+    found = [f"{key} {recorded[key]} -> {value}" for key, value in config.to_dict().items()
+             if key not in RESUME_IGNORES and recorded[key] != value]
     before = (record.get("bundle") or {}).get("sha256")
     if bundle_sha256 and before != bundle_sha256:
         found.append(f"bundle {str(before)[:12]}... -> {bundle_sha256[:12]}...")

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..engine.config import AUGMENT, DEVICES, NOISE_LEVEL, PSEUDO_NOISE, AdaptConfig
+from ..engine.config import AUGMENT, DEVICES, NOISE_LEVEL, PSEUDO_NOISE, VIEW_COUNTS, AdaptConfig
 from ..errors import InputError
 
 
@@ -58,6 +58,9 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--whole-slices", dest="body_only", action="store_const", const=False,
                        help="denoise the air and table around the body too (slower; by default only each "
                             "slice's body box is denoised and the rest is the input as it is)")
+    group.add_argument("--views", type=int, choices=VIEW_COUNTS,
+                       help=f"average the network over this many turned and mirrored views of each slice (a little "
+                            f"less noise; the inference takes that many times as long) [{d.views}]")
     group.add_argument("--strength", type=parse_strength,
                        help="how much of what the model removed is taken away: output = input - strength x "
                             "(input - model output); 0..1 or low/medium/high [1.0]")

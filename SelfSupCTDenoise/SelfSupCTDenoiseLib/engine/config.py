@@ -69,6 +69,8 @@ NOISE_LEVEL = ("bundle", "input", "local")
 #: rot90flip - rotations by 90 degrees and flips only (keeps the noise texture)
 AUGMENT = ("rescale", "rot90flip")
 DEVICES = ("auto", "cpu", "cuda")
+#: How many views of each slice inference averages (engine/inference.py VIEWS): 1, or means of 2, 4 or 8
+VIEW_COUNTS = (1, 2, 4, 8)
 
 
 #: Field annotation -> accepted types and how a message names them (bool is not a number here).
@@ -121,6 +123,8 @@ class AdaptConfig:
     body_only: bool = True           # denoise each slice's body box (engine/body.py); outside it, air and
     #                                  table as they are in the input. False = whole slices (slower)
     threads: int = 0                 # torch CPU threads for the run; 0 = OMP_NUM_THREADS if set, else every core
+    views: int = 4                   # inference averages the network over this many turned/mirrored views of
+    #                                  each slice (VIEW_COUNTS); the inference takes that many times as long
 
     def __post_init__(self) -> None:
         problems = _type_problems(self)
@@ -146,6 +150,8 @@ class AdaptConfig:
             problems.append(f"noise_level must be one of {', '.join(NOISE_LEVEL)}")
         if self.augment not in AUGMENT:
             problems.append(f"augment must be one of {', '.join(AUGMENT)}")
+        if self.views not in VIEW_COUNTS:
+            problems.append(f"views must be one of {', '.join(map(str, VIEW_COUNTS))}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {', '.join(DEVICES)}")
         if not 0.0 <= self.strength <= 1.0:

@@ -120,12 +120,46 @@ def _forward_padded(model: torch.nn.Module, x: torch.Tensor, min_size: int) -> t
     return model(x)[..., :h, :w]
 
 
+#: The views of a slice that inference can average (config `views`: the first 1, 2, 4 or 8), as
+#: (quarter turns, mirrored): the slice as it is, turned by 90, 180 and 270 degrees, then the same four
+#: mirrored left-right. The adapted network saw patches in all eight (augment "rot90flip"), but its
+#: errors differ between them, so their mean is a cheap ensemble (docs/LEVERS.md section 12; a quarter
+#: turn second: it gained more than a half turn there).
+VIEWS = ((0, False), (1, False), (2, False), (3, False), (0, True), (1, True), (2, True), (3, True))
+
+
+def to_view(x: torch.Tensor, view) -> torch.Tensor:
+    """(..., y, x) slices as `view` (an entry of VIEWS) shows them."""
+    turns, mirrored = view
+    x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+    return torch.flip(x, dims=(-1,)) if mirrored else x
+
+
+def from_view(y: torch.Tensor, view) -> torch.Tensor:
+    """`to_view` undone."""
+    turns, mirrored = view
+    y = torch.flip(y, dims=(-1,)) if mirrored else y
+    return torch.rot90(y, -turns, dims=(-2, -1)) if turns else y
+
+
+def _forward_views(model: torch.nn.Module, x: torch.Tensor, min_size: int, views: int) -> torch.Tensor:
+    """The mean over the first `views` of VIEWS of the network's output, each turned back."""
+    total = None
+    for view in VIEWS[:views]:
+        seen = to_view(x, view)
+        if seen.device.type == "cpu":
+            seen = seen.contiguous(memory_format=torch.channels_last)
+        y = from_view(_forward_padded(model, seen, min_size).float(), view)
+        total = y if total is None else total + y
+    return total if views == 1 else total / views
+
+
 def apply_slicewise(model: torch.nn.Module, slices: np.ndarray, batch: int = 0, *, phase: str = "infer",
                     to_input: Callable[[np.ndarray], np.ndarray] = lambda a: a,
                     from_output: Callable[[np.ndarray], np.ndarray] = lambda a: a,
                     amp_dtype: Optional[torch.dtype] = None, progress: Optional[ProgressCallback] = None,
                     cancel: Optional[CancelToken] = None, out: Optional[np.ndarray] = None,
-                    done: Sequence[int] = (), boxes: Optional[np.ndarray] = None) -> np.ndarray:
+                    done: Sequence[int] = (), boxes: Optional[np.ndarray] = None, views: int = 1) -> np.ndarray:
     """Run a 2D network over (z, y, x) slices; returns float32 (z, out_channels, y, x) squeezed to
     (z, y, x) for single-channel outputs. `batch`: slices per batch, 0 = per device (`inference_batch`).
     `amp_dtype`: CUDA autocast dtype (`mixed_precision_dtype`). `out`: the array to fill (else a new
@@ -133,7 +167,8 @@ def apply_slicewise(model: torch.nn.Module, slices: np.ndarray, batch: int = 0, 
     in the progress). `to_input` sees one batch of slices at a time (no whole-volume copy).
     `boxes` (single-channel networks): (z, 4) rows of (y0, y1, x0, x1) per slice (`body.body_boxes`);
     the network then sees a batch's box only (the union of its slices' boxes), and outside it a
-    slice's output is the slice itself."""
+    slice's output is the slice itself. `views`: the output is the mean over the first `views` of VIEWS
+    (that many forwards per slice)."""
     model = cpu_layout(model)
     device = next(model.parameters()).device
     batch = inference_batch(batch, device)
@@ -154,7 +189,7 @@ def apply_slicewise(model: torch.nn.Module, slices: np.ndarray, batch: int = 0, 
                 x = torch.from_numpy(chunk[:, None]).to(device)
                 if device.type == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = _forward_padded(model, x, min_size).float().cpu().numpy()
+                y = _forward_views(model, x, min_size, views).cpu().numpy()
         except torch.OutOfMemoryError:
             del chunk
             torch.cuda.empty_cache()

@@ -198,7 +198,8 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
                                to_input=lambda hu: norm.to_model(model_view(hu)[0]), from_output=norm.to_hu,
                                amp_dtype=amp_dtype, progress=progress, cancel=cancel,
                                out=full if index is None else None, done=guard_index if known is not None else (),
-                               boxes=None if boxes is None else boxes if index is None else boxes[index])
+                               boxes=None if boxes is None else boxes if index is None else boxes[index],
+                               views=config.views)
 
     def fall_back(reason: str):
         """The pretrained model, saying why (progress message and run info), guard on or off."""
@@ -208,7 +209,7 @@ def _denoise_array(volume_hu: np.ndarray, bundle: Bundle, config: AdaptConfig,
         return pretrained
 
     expected = probe(pretrained, config).run_seconds(config.steps, denoised_pixels(
-        volume.shape, boxes, GUARD_SLICES if config.steps > 0 and config.guard else 0))
+        volume.shape, boxes, GUARD_SLICES if config.steps > 0 and config.guard else 0) * config.views)
     run_info["expected_s"] = round(expected, 1)  # what the rest of the run was expected to take
     if progress is not None:
         progress(ProgressEvent("noise", eta_s=expected, message="the time left is from this machine's speed, "
