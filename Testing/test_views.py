@@ -79,3 +79,15 @@ def test_a_run_with_views_denoises_less_noisily_and_expects_the_inference_that_m
     # the same adapted network: the mean of its views is closer to the image than one view (less noise)
     assert np.abs(four.denoised - clean).mean() < np.abs(one.denoised - clean).mean()
     assert four.info["parameters"]["views"] == 4
+
+
+def test_the_runs_own_estimate_counts_every_view(tiny_bundle, monkeypatch):
+    import SelfSupCTDenoiseLib.engine.eta as eta
+
+    monkeypatch.setattr(eta, "probe", lambda model, config: eta.Probe(step_s=0.0, pixel_s=1e-3))
+    volume = np.rint(clean_phantom(4, 64, seed=2) + correlated_noise((4, 64, 64), 30.0, seed=3)).astype(np.int16)
+    config = AdaptConfig(steps=0, body_only=False, threads=1)
+    expected = {views: denoise_array(volume, tiny_bundle, config.with_(views=views)).info["run"]["expected_s"]
+                for views in (1, 4)}
+    one_pass = 4 * 64 * 64 * 1e-3 * (1 + eta.OVERHEAD)  # steps 0: no guard, the 4 slices once
+    assert expected[1] == pytest.approx(one_pass, abs=0.06) and expected[4] == pytest.approx(4 * one_pass, abs=0.06)

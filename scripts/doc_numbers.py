@@ -34,6 +34,7 @@ LESIONS = "docs/lesions/lesions.json"
 DEMO = "docs/demo/demo_output.txt"
 SPEED = "docs/SPEED.md"
 SLOW_SPEED = "docs/speed_300_heap_fix.json"  # the same whole run on a slower 2-core machine (benchmarks/speed.py --json)
+VIEWS = "docs/data/lever_views.jsonl"  # the views lever on the validation chest (docs/LEVERS.md section 12)
 MANIFESTS = "SelfSupCTDenoise/Resources/Models/*/manifest.json"
 
 # the rows of `bench.benchmark.methods()` the documents quote
@@ -75,6 +76,8 @@ def load(path: str):
         return {p.relative_to(ROOT).as_posix(): json.loads(p.read_text(encoding="utf-8"))
                 for p in sorted(ROOT.glob(path))}
     text = (ROOT / path).read_text(encoding="utf-8")
+    if path.endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
     return json.loads(text) if path.endswith(".json") else text
 
 
@@ -323,6 +326,15 @@ def slow_speed_values(results) -> Dict[str, float]:
     return {"slow_slices": slices, "slow_whole_run": [r for r in results["runs"] if r["slices"] == slices][-1]["total_s"]}
 
 
+def views_values(lines) -> Dict[str, float]:
+    """The shipped 4 views over one, mean over the seeds, per validation protocol."""
+    def gain(tag: str) -> float:
+        runs = [r for r in lines if r["case"].endswith(tag)]
+        return sum(r["psnr_soft_views_4"] - r["psnr_soft_views_1"] for r in runs) / len(runs)
+
+    return {"views_gain_d12": gain("d12_hann"), "views_gain_ramlak": gain("d25_ramlak")}
+
+
 @dataclass
 class Source:
     path: str
@@ -337,6 +349,7 @@ SOURCES: Dict[str, Source] = {
     DEMO: Source(DEMO, demo_values, {}),
     SPEED: Source(SPEED, speed_values, {}),
     SLOW_SPEED: Source(SLOW_SPEED, slow_speed_values, {}),
+    VIEWS: Source(VIEWS, views_values, {}),
 }
 
 
@@ -373,6 +386,8 @@ QUOTES: List[Quote] = [
     *quotes(R, SLOW_SPEED,
             "on a slower 2-core machine (a 2.0 GHz EPYC server) the same run of {slow_slices} slices took "
             "{slow_whole_run:.0f} s"),
+    *quotes(R, VIEWS,
+            "+{views_gain_d12:.2f} dB at eighth dose and +{views_gain_ramlak:.2f} dB at Ram-Lak over one view"),
     # the sample (what scripts/demo.sh printed)
     *quotes(R, DEMO,
             "the adapted run took {seconds:.0f} s there",
