@@ -10,7 +10,7 @@
    denoise IN OUT --noise-map NM` runs), shipped lite bundle, default settings, in a fresh process. That
    process times each phase and, just before and just after the run with the same threads, the network alone:
    the floor = steps x (teacher forward + student forward/backward + Adam on 16 random 64x64 patches)
-   + N x (one 512x512 slice forward), both as the run executes them. Peak memory is the process's
+   + N x views x body share x (one 512x512 slice forward), both as the run executes them. Peak memory is the process's
    peak RSS; its growth over the 16-slice run (the fixed footprint: interpreter, torch, models) is
    given in float32 volumes of the N-slice input.
 2. The networks alone per profile, as before: one 512x512 slice forward, one adaptation step, one
@@ -145,7 +145,7 @@ def run_child(volume_path: Path, slices: int, out: Path, bundle: str, repeats: i
     timed(adapt_module, "adapt", fixed("adaptation"))
     timed(inference, "apply_slicewise", slicewise_phase)
     # the network's own share of the run: every adaptation forward, backward and Adam step, and the
-    # slice forwards (per slice: the floor counts one per slice of the volume)
+    # slice forwards (the floor counts one per slice of the volume and view, in its body box)
     network = {"adaptation": 0.0, "slice_forwards": 0.0, "slices": 0}
 
     def network_time(owner, name, record):
@@ -194,10 +194,13 @@ def run_child(volume_path: Path, slices: int, out: Path, bundle: str, repeats: i
     load_after = os.getloadavg()[0]
     floor_units.append(network_floor(bundle, repeats))
     slice_s, step_s = (statistics.mean(unit) for unit in zip(*floor_units))
-    in_run = network["adaptation"] + slices * network["slice_forwards"] / max(1, network["slices"])
+    # the forwards the output needs: each slice's body box once per view (the guard's are counted out)
+    forwards = slices * info["parameters"].get("views", 1)
+    in_run = network["adaptation"] + forwards * network["slice_forwards"] / max(1, network["slices"])
+    whole_slices = forwards * (info["run"].get("body_fraction") or 1.0)  # the floor's unit is a whole slice
     return {"slices": slices, "seconds": {p: round(s, 2) for p, s in seconds.items()},
             "total_s": round(seconds["startup"] + end - start, 1), "network_in_run_s": round(in_run, 1),
-            "network_in_run": network, "floor_s": round(AdaptConfig().steps * step_s + slices * slice_s, 1),
+            "network_in_run": network, "floor_s": round(AdaptConfig().steps * step_s + whole_slices * slice_s, 1),
             "floor_step_s": round(step_s, 4), "floor_slice_s": round(slice_s, 4),
             "floor_units_before_after": floor_units, "peak_rss_bytes": peak_rss,
             "volume_float32_bytes": slices * 512 * 512 * 4, "load_before": round(load, 1),
@@ -457,7 +460,7 @@ def report(runs, rows, threads, cpu, torch_version, args, body=()) -> str:
              "Shipped `lite` bundle, default settings (200 adaptation steps, guard on, all cores), int16 input "
              "written with its noise map (`selfsupctdenoise denoise IN OUT --noise-map NM`). Seconds per phase. "
              "The network floor is the network's own time for the same work, measured inside the run (every "
-             "adaptation forward, backward and Adam step, plus one forward per slice of the volume at the run's "
+             "adaptation forward, backward and Adam step, plus one forward per slice and view of the volume at the run's "
              "mean time per slice forward): the ratio holds when the machine's load changes during a run. "
              "Body share: the part of the slices the denoiser ran on (engine/body.py; - = whole slices). "
              "With several engines (`--package`), each runs on each volume in turn; the ratio rows divide by the "

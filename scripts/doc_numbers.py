@@ -35,6 +35,7 @@ DEMO = "docs/demo/demo_output.txt"
 SPEED = "docs/SPEED.md"
 SLOW_SPEED = "docs/speed_300_heap_fix.json"  # the same whole run on a slower 2-core machine (benchmarks/speed.py --json)
 VIEWS = "docs/data/lever_views.jsonl"  # the views lever on the validation chest (docs/LEVERS.md section 12)
+VIEWS_SPEED = "docs/speed_300_views.json"  # the whole run with one view, then 4 (benchmarks/speed.py --json)
 MANIFESTS = "SelfSupCTDenoise/Resources/Models/*/manifest.json"
 
 # the rows of `bench.benchmark.methods()` the documents quote
@@ -326,6 +327,12 @@ def slow_speed_values(results) -> Dict[str, float]:
     return {"slow_slices": slices, "slow_whole_run": [r for r in results["runs"] if r["slices"] == slices][-1]["total_s"]}
 
 
+def views_speed_values(results) -> Dict[str, float]:
+    """The 300-slice whole run of the engine before the views (the first measured) and of this tree."""
+    runs = [r for r in results["runs"] if r["slices"] == 300]
+    return {"one_view_run": runs[0]["total_s"], "views_run": runs[-1]["total_s"]}
+
+
 def views_values(lines) -> Dict[str, float]:
     """The shipped 4 views over one, mean over the seeds, per validation protocol."""
     def gain(tag: str) -> float:
@@ -350,6 +357,7 @@ SOURCES: Dict[str, Source] = {
     SPEED: Source(SPEED, speed_values, {}),
     SLOW_SPEED: Source(SLOW_SPEED, slow_speed_values, {}),
     VIEWS: Source(VIEWS, views_values, {}),
+    VIEWS_SPEED: Source(VIEWS_SPEED, views_speed_values, {}),
 }
 
 
@@ -386,6 +394,9 @@ QUOTES: List[Quote] = [
     *quotes(R, SLOW_SPEED,
             "on a slower 2-core machine (a 2.0 GHz EPYC server) the same run of {slow_slices} slices took "
             "{slow_whole_run:.0f} s"),
+    *quotes(R, VIEWS_SPEED,
+            "slices took {views_run:.0f} s with the defaults (200 adaptation steps, 4 views) and {one_view_run:.0f} s "
+            "with `--views 1`"),
     *quotes(R, VIEWS,
             "+{views_gain_d12:.2f} dB at eighth dose and +{views_gain_ramlak:.2f} dB at Ram-Lak over one view"),
     # the sample (what scripts/demo.sh printed)
