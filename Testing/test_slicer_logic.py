@@ -422,7 +422,7 @@ def test_progress_tracker_maps_phases_and_measures_them():
     assert percents == sorted(percents) and percents[-1] == 96
     assert tracker.phaseKey(ProgressEvent("infer", 1, 6)) == "guard"
     assert "Adapting" in ProgressEvent("adapt", 2, 4).describe()
-    costs = tracker.measuredCosts((10, 512, 512), {"steps": 4, "batch_size": 16}, 1, totalSeconds=20.0)
+    costs = tracker.measuredCosts((10, 512, 512), {"steps": 4, "batch_size": 16, "views": 1}, 1, totalSeconds=20.0)
     assert costs["stepS"] == pytest.approx(0.25) and costs["sliceS"] == pytest.approx(0.1)
     assert costs["startupS"] == pytest.approx(20.0 - 1 - 1 - 1 - 1)  # total minus the timed phases
 

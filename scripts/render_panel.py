@@ -44,7 +44,7 @@ SHOWN_PROGRESS = 0.43  # the running state shown: this share of the adaptation s
 
 sys.path.insert(0, str(MODULE_DIR))
 
-from SelfSupCTDenoiseLib.engine.config import AdaptConfig  # noqa: E402
+from SelfSupCTDenoiseLib.engine.config import VIEW_COUNTS, AdaptConfig  # noqa: E402
 from SelfSupCTDenoiseLib.engine.progress import ProgressEvent  # noqa: E402
 from SelfSupCTDenoiseSlicer import settings  # noqa: E402
 from SelfSupCTDenoiseSlicer.probe import SpeedProbe  # noqa: E402
@@ -114,7 +114,7 @@ def parameter_defaults() -> dict:
 
     def option(key):
         return lambda *args: (key, args[0] if len(args) == 1 else args)
-    namespace = {"Annotated": typing.Annotated, "settings": settings, "DEFAULTS": AdaptConfig(),
+    namespace = {"Annotated": typing.Annotated, "settings": settings, "DEFAULTS": AdaptConfig(), "VIEW_COUNTS": VIEW_COUNTS,
                  "vtkMRMLScalarVolumeNode": object, "Choice": option("choices"), "WithinRange": option("range"),
                  "Decimals": option("decimals"), "SingleStep": option("step")}
     fields = {}
