@@ -81,9 +81,9 @@ BEFORE_RECORDED = {"views": 1}
 def _differences(record: Dict[str, Any], config: AdaptConfig, bundle_sha256: Optional[str],
                  noise_map: Optional[Path]) -> List[str]:
     """How this run's settings differ from those recorded in an output's sidecar."""
-    recorded, default = record.get("parameters") or {}, AdaptConfig()
-    recorded = {key: recorded.get(key, BEFORE_RECORDED.get(key, getattr(default, key))) for key in config.to_dict()}
-    found = [f"{key} {recorded[key]} -> {value}" for key, value in config.to_dict().items()
+    recorded, default, current = record.get("parameters") or {}, AdaptConfig(), config.to_dict()
+    recorded = {key: recorded.get(key, BEFORE_RECORDED.get(key, getattr(default, key))) for key in current}
+    found = [f"{key} {recorded[key]} -> {value}" for key, value in current.items()
              if key not in RESUME_IGNORES and recorded[key] != value]
     before = (record.get("bundle") or {}).get("sha256")
     if bundle_sha256 and before != bundle_sha256:
